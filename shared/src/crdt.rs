@@ -1,0 +1,246 @@
+//! The layout of a store's automerge document, and pure helpers to read and change it.
+//!
+//! ```text
+//! ROOT
+//! ├── "stock":  { "<sku>\u{1f}<writer>": Counter }          on_hand(sku) = Σ over writers
+//! ├── "prices": { "<sku>\u{1f}<effective_from UTC>": "<price_minor> <currency>" }
+//! ├── "escrow": { }                                          reserved for held stock
+//! └── "config": { }                                          store configuration
+//! ```
+//!
+//! Why flat keys with a writer in them: an automerge `Counter` sums concurrent increments only when every replica
+//! increments *the same* counter object. Two tills that each create `stock/<sku>` while offline create two
+//! conflicting counters, and the loser's increments vanish from view. So every writer (a till, or the hub) owns
+//! its own counter per SKU, which no one else ever creates, and a SKU's stock is the sum of its writers' counters.
+//! For the same reason the root maps are created by a deterministic genesis change (fixed actor, fixed time),
+//! which is byte-identical, and so the same object, on every replica of every store.
+//!
+//! SKUs cannot contain control characters ([`crate::event::check_sku`]), so `\u{1f}` separates key parts, and a
+//! SKU's entries are the contiguous key range `"<sku>\u{1f}" .. "<sku>\u{20}"`.
+
+use std::collections::BTreeMap;
+
+use automerge::transaction::{CommitOptions, Transactable};
+use automerge::{
+    ActorId, Automerge, AutomergeError, ChangeHash, ObjId, ObjType, ROOT, ReadDoc, ScalarValue, ScalarValueRef, Value, ValueRef,
+};
+
+pub const STOCK: &str = "stock";
+pub const PRICES: &str = "prices";
+pub const ESCROW: &str = "escrow";
+pub const CONFIG: &str = "config";
+const SEP: char = '\u{1f}';
+const SEP_NEXT: char = '\u{20}';
+
+/// The writer slot head office's own stock movements go to.
+pub const HUB_WRITER: &str = "hub";
+
+/// A document holding only the genesis change, identical on every replica. Give it a real actor with
+/// `genesis().with_actor(..)` before changing it.
+pub fn genesis() -> Automerge {
+    let mut doc = Automerge::new().with_actor(ActorId::from(b"storesync/genesis/v1".as_slice()));
+    let mut tx = doc.transaction();
+    for name in [STOCK, PRICES, ESCROW, CONFIG] {
+        // Putting into a fresh transaction on a fresh document cannot fail.
+        let _ = tx.put_object(ROOT, name, ObjType::Map);
+    }
+    tx.commit_with(CommitOptions::default().with_time(0).with_message("storesync genesis v1".to_owned()));
+    doc
+}
+
+/// The object id of one of the root maps.
+pub fn root_map(doc: &impl ReadDoc, name: &str) -> Option<ObjId> {
+    match doc.get(ROOT, name) {
+        Ok(Some((Value::Object(ObjType::Map), id))) => Some(id),
+        _ => None,
+    }
+}
+
+fn sku_range(sku: &str) -> std::ops::Range<String> {
+    format!("{sku}{SEP}")..format!("{sku}{SEP_NEXT}")
+}
+
+/// The key of `writer`'s counter for `sku`.
+pub fn stock_key(sku: &str, writer: &str) -> String {
+    format!("{sku}{SEP}{writer}")
+}
+
+fn counter_value(v: &ValueRef<'_>) -> i64 {
+    match v {
+        ValueRef::Scalar(s @ (ScalarValueRef::Counter(_) | ScalarValueRef::Int(_))) => s.as_i64(),
+        _ => 0,
+    }
+}
+
+/// Adds `deltas` to `writer`'s counters.
+pub fn apply_stock<T: Transactable>(
+    tx: &mut T,
+    stock: &ObjId,
+    writer: &str,
+    deltas: &BTreeMap<String, i64>,
+) -> Result<(), AutomergeError> {
+    for (sku, delta) in deltas {
+        if *delta == 0 {
+            continue;
+        }
+        let key = stock_key(sku, writer);
+        match tx.get(stock, key.as_str())? {
+            Some((Value::Scalar(s), _)) if matches!(s.as_ref(), ScalarValue::Counter(_)) => {
+                tx.increment(stock, key.as_str(), *delta)?
+            }
+            _ => tx.put(stock, key.as_str(), ScalarValue::counter(*delta))?,
+        }
+    }
+    Ok(())
+}
+
+/// Stock on hand of one SKU: the sum of every writer's counter, at `heads` if given.
+pub fn on_hand(doc: &impl ReadDoc, stock: &ObjId, sku: &str, heads: Option<&[ChangeHash]>) -> i64 {
+    let range = sku_range(sku);
+    match heads {
+        Some(h) => doc.map_range_at(stock, range, h).map(|item| counter_value(&item.value)).sum(),
+        None => doc.map_range(stock, range).map(|item| counter_value(&item.value)).sum(),
+    }
+}
+
+/// Stock on hand of every SKU the document knows.
+pub fn all_stock(doc: &impl ReadDoc, stock: &ObjId, heads: Option<&[ChangeHash]>) -> BTreeMap<String, i64> {
+    let mut out = BTreeMap::new();
+    let mut add = |key: &str, v: i64| {
+        if let Some((sku, _)) = key.split_once(SEP) {
+            *out.entry(sku.to_owned()).or_insert(0) += v;
+        }
+    };
+    match heads {
+        Some(h) => doc.map_range_at(stock, .., h).for_each(|i| add(&i.key, counter_value(&i.value))),
+        None => doc.map_range(stock, ..).for_each(|i| add(&i.key, counter_value(&i.value))),
+    }
+    out
+}
+
+/// A price as it is stored: amount, currency and the moment it takes effect (UTC, RFC 3339, seconds precision).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Price {
+    pub price_minor: i64,
+    pub currency: String,
+    pub effective_from: String,
+}
+
+/// The key of a price entry. `effective_from` must already be normalized with [`normalize_instant`].
+pub fn price_key(sku: &str, effective_from: &str) -> String {
+    format!("{sku}{SEP}{effective_from}")
+}
+
+/// Formats an instant the one way price keys use, so that string order is time order.
+pub fn normalize_instant(t: time::OffsetDateTime) -> String {
+    let t = t.to_offset(time::UtcOffset::UTC);
+    format!(
+        "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}Z",
+        t.year(),
+        u8::from(t.month()),
+        t.day(),
+        t.hour(),
+        t.minute(),
+        t.second()
+    )
+}
+
+/// Records a price for `sku` from `effective_from` on.
+pub fn set_price<T: Transactable>(tx: &mut T, prices: &ObjId, sku: &str, price: &Price) -> Result<(), AutomergeError> {
+    let value = format!("{} {}", price.price_minor, price.currency);
+    tx.put(prices, price_key(sku, &price.effective_from).as_str(), value)
+}
+
+fn parse_price(key: &str, value: &ValueRef<'_>) -> Option<Price> {
+    let (_, effective_from) = key.split_once(SEP)?;
+    let ValueRef::Scalar(ScalarValueRef::Str(text)) = value else { return None };
+    let (amount, currency) = text.split_once(' ')?;
+    Some(Price { price_minor: amount.parse().ok()?, currency: currency.to_owned(), effective_from: effective_from.to_owned() })
+}
+
+/// The price in force at `now` and the next scheduled change after it, if any.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct PriceView {
+    pub current: Option<Price>,
+    pub next: Option<Price>,
+}
+
+/// Reads `sku`'s price schedule at `now` (a [`normalize_instant`] string).
+pub fn price_at(doc: &impl ReadDoc, prices: &ObjId, sku: &str, now: &str, heads: Option<&[ChangeHash]>) -> PriceView {
+    let entries: Vec<Price> = match heads {
+        Some(h) => doc.map_range_at(prices, sku_range(sku), h).filter_map(|i| parse_price(&i.key, &i.value)).collect(),
+        None => doc.map_range(prices, sku_range(sku)).filter_map(|i| parse_price(&i.key, &i.value)).collect(),
+    };
+    let mut view = PriceView::default();
+    for p in entries {
+        // Entries come in key order, which is effective_from order.
+        if p.effective_from.as_str() <= now {
+            view.current = Some(p);
+        } else if view.next.is_none() {
+            view.next = Some(p);
+        }
+    }
+    view
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use automerge::transaction::Transactable;
+
+    fn till(name: &str) -> Automerge {
+        genesis().with_actor(ActorId::from(name.as_bytes()))
+    }
+
+    fn sell(doc: &mut Automerge, writer: &str, sku: &str, delta: i64) {
+        let stock = root_map(doc, STOCK).unwrap();
+        let mut tx = doc.transaction();
+        apply_stock(&mut tx, &stock, writer, &BTreeMap::from([(sku.to_owned(), delta)])).unwrap();
+        tx.commit();
+    }
+
+    #[test]
+    fn genesis_is_identical_everywhere() {
+        assert_eq!(genesis().get_heads(), genesis().get_heads());
+        assert_eq!(root_map(&till("a"), STOCK), root_map(&till("b"), STOCK));
+    }
+
+    #[test]
+    fn concurrent_first_writes_from_two_tills_both_count() {
+        let (mut a, mut b, mut hub) = (till("a"), till("b"), till("hub"));
+        sell(&mut hub, HUB_WRITER, "X", 10);
+        sell(&mut a, "T1", "X", -1);
+        sell(&mut a, "T1", "X", -2);
+        sell(&mut b, "T2", "X", -4);
+        a.merge(&mut b).unwrap();
+        a.merge(&mut hub).unwrap();
+        b.merge(&mut a).unwrap();
+        let stock = root_map(&a, STOCK).unwrap();
+        assert_eq!(on_hand(&a, &stock, "X", None), 3);
+        assert_eq!(on_hand(&b, &stock, "X", None), 3);
+        assert_eq!(on_hand(&a, &stock, "Y", None), 0);
+        // A SKU that is a prefix of another is not mixed up with it.
+        sell(&mut a, "T1", "XY", 5);
+        assert_eq!(on_hand(&a, &stock, "X", None), 3);
+        assert_eq!(all_stock(&a, &stock, None), BTreeMap::from([("X".into(), 3), ("XY".into(), 5)]));
+    }
+
+    #[test]
+    fn price_schedule_switches_at_effective_from() {
+        let mut doc = till("hub");
+        let prices = root_map(&doc, PRICES).unwrap();
+        let mut tx = doc.transaction();
+        for (at, amount) in [("2026-01-01T00:00:00Z", 100), ("2026-06-01T00:00:00Z", 120)] {
+            let p = Price { price_minor: amount, currency: "EUR".into(), effective_from: at.into() };
+            set_price(&mut tx, &prices, "A", &p).unwrap();
+        }
+        tx.commit();
+        let v = price_at(&doc, &prices, "A", "2026-03-01T00:00:00Z", None);
+        assert_eq!(v.current.unwrap().price_minor, 100);
+        assert_eq!(v.next.unwrap().price_minor, 120);
+        let v = price_at(&doc, &prices, "A", "2026-06-01T00:00:00Z", None);
+        assert_eq!(v.current.unwrap().price_minor, 120);
+        assert_eq!(v.next, None);
+        assert_eq!(price_at(&doc, &prices, "A", "2025-01-01T00:00:00Z", None).current, None);
+    }
+}

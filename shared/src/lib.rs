@@ -1,0 +1,17 @@
+//! `storesync-shared`: the vocabulary the agent and the hub have in common.
+//!
+//! - [`event`]: the canonical retail events (wire bodies, versioned with `"schema": 1`) and their validation;
+//! - [`canonical`]: the one byte encoding used for hashing, and the journal hash chain;
+//! - [`crdt`]: the layout of a store's automerge document (stock counters, prices) and pure helpers on it;
+//! - [`wire`]: the agent ↔ hub protocol types.
+//!
+//! Architecture invariant: this crate does no I/O. It knows nothing of SQL, HTTP, files or tokio, so that every
+//! rule about what an event *is* lives in one place and both binaries apply it identically.
+
+pub mod canonical;
+pub mod crdt;
+pub mod event;
+pub mod wire;
+
+pub use canonical::{canonical_json, event_hash, genesis_hash};
+pub use event::{EventBody, EventKind, ValidationError};

@@ -1,0 +1,150 @@
+//! Types that cross the network or the POS API. Versioned by the `schema` of the bodies they carry; new fields are
+//! added as optional so that a hub keeps accepting last month's agents.
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use uuid::Uuid;
+
+use crate::canonical::{ChainError, ChainInput, canonical_json, event_hash};
+use crate::event::{EventBody, EventKind};
+
+/// One journal entry as the agent's `GET /v1/journal` and the upload protocol carry it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JournalEvent {
+    pub seq: u64,
+    pub event_id: Uuid,
+    pub kind: EventKind,
+    pub occurred_at: String,
+    pub body: Value,
+    pub prev_hash: String,
+    pub hash: String,
+}
+
+impl JournalEvent {
+    /// Checks this entry's hash and body, and that it follows `prev` (`(seq, hash)` of the entry before it).
+    pub fn verify(&self, store: &str, till: &str, prev: (u64, &str)) -> Result<(), ChainError> {
+        let (prev_seq, prev_hash) = prev;
+        if self.seq != prev_seq + 1 {
+            return Err(ChainError::Gap { seq: self.seq, expected: prev_seq + 1 });
+        }
+        if self.prev_hash != prev_hash {
+            return Err(ChainError::BrokenLink { seq: self.seq });
+        }
+        let body = canonical_json(&self.body);
+        let computed = event_hash(&ChainInput {
+            store,
+            till,
+            seq: self.seq,
+            event_id: self.event_id,
+            kind: self.kind,
+            body: &body,
+            prev_hash: &self.prev_hash,
+        });
+        if computed != self.hash {
+            return Err(ChainError::BadHash { seq: self.seq });
+        }
+        let parsed = EventBody::from_stored(self.kind, self.body.clone())
+            .and_then(|b| b.validate().map(|()| b))
+            .map_err(|e| ChainError::BadBody { seq: self.seq, kind: self.kind.to_string(), detail: e.to_string() })?;
+        if parsed.occurred_at() != self.occurred_at {
+            return Err(ChainError::BadBody {
+                seq: self.seq,
+                kind: self.kind.to_string(),
+                detail: "occurred_at differs from the body's".into(),
+            });
+        }
+        Ok(())
+    }
+}
+
+/// The error body every storesync HTTP surface answers with.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorBody {
+    pub error: String,
+    pub detail: String,
+}
+
+/// What the POS API answers to a write.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Receipt {
+    pub event_id: Uuid,
+    pub seq: u64,
+    pub hash: String,
+}
+
+/// The most events one upload batch may carry.
+pub const MAX_BATCH_EVENTS: usize = 1_000;
+/// The most bytes one upload request body may have.
+pub const MAX_BATCH_BYTES: usize = 4 * 1024 * 1024;
+
+/// `POST /v1/sync/upload`: a run of consecutive journal entries of the till named by the credential.
+///
+/// The store and till are never in the body: the hub takes them from the credential.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UploadRequest {
+    /// Random id made when the till's journal was created; a restore from backup keeps it.
+    pub journal_id: Uuid,
+    /// The agent's version, shown in the fleet view.
+    #[serde(default)]
+    pub agent_version: String,
+    /// Events journaled and not yet acknowledged, counted by the till before this batch.
+    #[serde(default)]
+    pub backlog: u64,
+    /// Age in seconds of the oldest unacknowledged event, as the till sees it.
+    #[serde(default)]
+    pub oldest_unsynced_age_s: u64,
+    /// The till's last journal seq.
+    #[serde(default)]
+    pub last_seq: u64,
+    /// Consecutive entries; may be empty (a heartbeat).
+    pub events: Vec<JournalEvent>,
+}
+
+/// The hub's answer to an upload: everything up to `acked_through` is stored at the hub.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UploadAck {
+    pub acked_through: u64,
+    /// The hash of entry `acked_through` as the hub holds it (the genesis hash when 0).
+    pub last_hash: String,
+}
+
+/// A refused upload. `expected_seq` is set for a gap: resend from there.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UploadRefusal {
+    pub error: String,
+    pub detail: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expected_seq: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seq: Option<u64>,
+}
+
+/// `POST /v1/enroll`: exchange a one-time code for a till credential.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EnrollRequest {
+    pub code: String,
+    #[serde(default)]
+    pub agent_version: String,
+}
+
+/// The answer to an enrolment: the till's identity and its secret, shown once.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EnrollResponse {
+    pub store_id: String,
+    pub till_id: String,
+    pub credential: String,
+}
+
+/// `GET /v1/sync/state`: where the hub stands for the calling till.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TillState {
+    pub store_id: String,
+    pub till_id: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub journal_id: Option<Uuid>,
+    pub hub_seq: u64,
+    pub last_hash: String,
+}
