@@ -1,3 +1,210 @@
-fn main() {
-    println!("storesync-hub: not yet built");
+//! `storesync-hub`: parses the command line, sets up logging, and calls the library.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::{Context as _, bail};
+use clap::{Parser, Subcommand, ValueEnum};
+use serde::Deserialize;
+use storesync_hub::storage::{Storage as _, TillId};
+use storesync_hub::{Config, SystemClock, TlsFiles, api, secrets};
+use tokio_util::sync::CancellationToken;
+
+#[derive(Debug, Parser)]
+#[command(name = "storesync-hub", version, about = "storesync head-office hub")]
+struct Cli {
+    /// Log format on stderr.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text, env = "STORESYNC_HUB_LOG_FORMAT")]
+    log_format: LogFormat,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Serve the hub API.
+    Serve(ServeArgs),
+    /// Issue a one-time enrolment code for a till; prints the code alone as the last stdout line.
+    EnrollCode {
+        #[arg(long)]
+        store: String,
+        #[arg(long)]
+        till: String,
+        /// How long the code stays valid: 90s, 30m, 24h, 7d.
+        #[arg(long, default_value = "24h")]
+        ttl: String,
+        #[arg(long, env = "STORESYNC_HUB_DATA_DIR")]
+        data_dir: Option<PathBuf>,
+    },
+    /// Revoke a till's credential now.
+    Revoke {
+        #[arg(long)]
+        store: String,
+        #[arg(long)]
+        till: String,
+        #[arg(long, env = "STORESYNC_HUB_DATA_DIR")]
+        data_dir: Option<PathBuf>,
+    },
+}
+
+#[derive(Debug, clap::Args)]
+struct ServeArgs {
+    /// A TOML file with any of: listen, data_dir, tls_cert, tls_key, insecure_allow_plaintext.
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Address to listen on [default: 127.0.0.1:8080].
+    #[arg(long, env = "STORESYNC_HUB_LISTEN")]
+    listen: Option<SocketAddr>,
+    /// Where hub.db and admin.token live [default: ./storesync-hub-data].
+    #[arg(long, env = "STORESYNC_HUB_DATA_DIR")]
+    data_dir: Option<PathBuf>,
+    /// PEM certificate chain for TLS.
+    #[arg(long, requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// PEM private key for TLS.
+    #[arg(long, requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+    /// Allow plain HTTP on a non-loopback address (only behind a TLS-terminating proxy).
+    #[arg(long)]
+    insecure_allow_plaintext: bool,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    listen: Option<SocketAddr>,
+    data_dir: Option<PathBuf>,
+    tls_cert: Option<PathBuf>,
+    tls_key: Option<PathBuf>,
+    #[serde(default)]
+    insecure_allow_plaintext: bool,
+}
+
+const DEFAULT_DATA_DIR: &str = "storesync-hub-data";
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_tracing(cli.log_format);
+    match real_main(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("storesync-hub: error: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_tracing(format: LogFormat) {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_env("STORESYNC_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+fn real_main(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Serve(args) => serve(args),
+        Command::EnrollCode { store, till, ttl, data_dir } => {
+            let ttl_s = secrets::parse_ttl(&ttl)
+                .with_context(|| format!("invalid --ttl {ttl:?}; use e.g. 90s, 30m, 24h, 7d"))?;
+            let till = check_ids(store, till)?;
+            let storage = storesync_hub::open_storage(&data_dir.unwrap_or_else(|| DEFAULT_DATA_DIR.into()))?;
+            let now = time::OffsetDateTime::now_utc().unix_timestamp();
+            let code = api::issue_enrollment(&storage, &till, ttl_s, now).context("storing the enrolment code")?;
+            eprintln!("enrolment code for store {} till {}, valid until {}:", code.store, code.till, code.expires_at);
+            println!("{}", code.code);
+            Ok(())
+        }
+        Command::Revoke { store, till, data_dir } => {
+            let till = check_ids(store, till)?;
+            let storage = storesync_hub::open_storage(&data_dir.unwrap_or_else(|| DEFAULT_DATA_DIR.into()))?;
+            let now = time::OffsetDateTime::now_utc().unix_timestamp();
+            if !storage.revoke(&till, now).context("revoking")? {
+                bail!("no till {} in store {}", till.till, till.store);
+            }
+            eprintln!("revoked store {} till {}", till.store, till.till);
+            Ok(())
+        }
+    }
+}
+
+fn check_ids(store: String, till: String) -> anyhow::Result<TillId> {
+    for id in [&store, &till] {
+        if !secrets::valid_id(id) {
+            bail!("invalid id {id:?}: use 1 to 64 characters of A-Z a-z 0-9 . _ -");
+        }
+    }
+    Ok(TillId { store, till })
+}
+
+fn load_file_config(path: &Path) -> anyhow::Result<FileConfig> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    toml::from_str(&text).with_context(|| format!("parsing {}", path.display()))
+}
+
+fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    let file = match &args.config {
+        Some(p) => load_file_config(p)?,
+        None => FileConfig::default(),
+    };
+    let data_dir = args.data_dir.or(file.data_dir).unwrap_or_else(|| DEFAULT_DATA_DIR.into());
+    let mut config = Config::new(data_dir);
+    config.clock = std::sync::Arc::new(SystemClock);
+    if let Some(listen) = args.listen.or(file.listen) {
+        config.listen = listen;
+    }
+    config.tls = match (args.tls_cert.or(file.tls_cert), args.tls_key.or(file.tls_key)) {
+        (Some(cert), Some(key)) => Some(TlsFiles { cert, key }),
+        (None, None) => None,
+        _ => bail!("give both a TLS certificate and a key, or neither"),
+    };
+    config.insecure_allow_plaintext = args.insecure_allow_plaintext || file.insecure_allow_plaintext;
+    config.admin_token = std::env::var("STORESYNC_ADMIN_TOKEN").ok().filter(|t| !t.trim().is_empty());
+
+    let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
+    runtime.block_on(async move {
+        let shutdown = CancellationToken::new();
+        tokio::spawn(wait_for_signal(shutdown.clone()));
+        storesync_hub::run(config, shutdown).await
+    })
+}
+
+/// Cancels `shutdown` on ctrl-c or SIGTERM.
+async fn wait_for_signal(shutdown: CancellationToken) {
+    let ctrl_c = async {
+        if let Err(err) = tokio::signal::ctrl_c().await {
+            tracing::error!(error = %err, "cannot listen for ctrl-c");
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(err) => {
+                tracing::error!(error = %err, "cannot listen for SIGTERM");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => tracing::info!("ctrl-c: shutting down"),
+        () = term => tracing::info!("SIGTERM: shutting down"),
+        () = shutdown.cancelled() => {}
+    }
+    shutdown.cancel();
 }

@@ -106,7 +106,7 @@ pub fn event_hash(input: &ChainInput<'_>) -> String {
 /// Why one entry of a chain does not verify.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ChainError {
-    #[error("seq {seq}: expected seq {expected}")]
+    #[error("seq {expected} is missing: the entry after seq {prev} is seq {seq}", prev = expected - 1)]
     Gap { seq: u64, expected: u64 },
     #[error("seq {seq}: prev_hash does not match the hash of the entry before it")]
     BrokenLink { seq: u64 },
@@ -117,13 +117,11 @@ pub enum ChainError {
 }
 
 impl ChainError {
-    /// The seq of the first entry that failed.
+    /// The first bad seq: for a gap, the missing one.
     pub fn seq(&self) -> u64 {
         match self {
-            ChainError::Gap { seq, .. }
-            | ChainError::BrokenLink { seq }
-            | ChainError::BadHash { seq }
-            | ChainError::BadBody { seq, .. } => *seq,
+            ChainError::Gap { expected, .. } => *expected,
+            ChainError::BrokenLink { seq } | ChainError::BadHash { seq } | ChainError::BadBody { seq, .. } => *seq,
         }
     }
 }

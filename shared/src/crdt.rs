@@ -22,7 +22,8 @@ use std::collections::BTreeMap;
 
 use automerge::transaction::{CommitOptions, Transactable};
 use automerge::{
-    ActorId, Automerge, AutomergeError, ChangeHash, ObjId, ObjType, ROOT, ReadDoc, ScalarValue, ScalarValueRef, Value, ValueRef,
+    ActorId, Automerge, AutomergeError, ChangeHash, ObjId, ObjType, ROOT, ReadDoc, ScalarValue, ScalarValueRef, Value,
+    ValueRef,
 };
 
 pub const STOCK: &str = "stock";
@@ -153,9 +154,15 @@ pub fn set_price<T: Transactable>(tx: &mut T, prices: &ObjId, sku: &str, price: 
 
 fn parse_price(key: &str, value: &ValueRef<'_>) -> Option<Price> {
     let (_, effective_from) = key.split_once(SEP)?;
-    let ValueRef::Scalar(ScalarValueRef::Str(text)) = value else { return None };
+    let ValueRef::Scalar(ScalarValueRef::Str(text)) = value else {
+        return None;
+    };
     let (amount, currency) = text.split_once(' ')?;
-    Some(Price { price_minor: amount.parse().ok()?, currency: currency.to_owned(), effective_from: effective_from.to_owned() })
+    Some(Price {
+        price_minor: amount.parse().ok()?,
+        currency: currency.to_owned(),
+        effective_from: effective_from.to_owned(),
+    })
 }
 
 /// The price in force at `now` and the next scheduled change after it, if any.
@@ -186,7 +193,6 @@ pub fn price_at(doc: &impl ReadDoc, prices: &ObjId, sku: &str, now: &str, heads:
 #[cfg(test)]
 mod tests {
     use super::*;
-    use automerge::transaction::Transactable;
 
     fn till(name: &str) -> Automerge {
         genesis().with_actor(ActorId::from(name.as_bytes()))

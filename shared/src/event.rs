@@ -246,7 +246,9 @@ pub fn parse_request_value(ty: BodyType, value: Value) -> Result<(Option<Uuid>, 
     let event_id = match map.remove("event_id") {
         None | Some(Value::Null) => None,
         Some(Value::String(s)) => Some(parse_uuid(&s, "event_id")?),
-        Some(_) => return Err(ValidationError::new("invalid_event_id", "event_id must be a UUID string")),
+        Some(_) => {
+            return Err(ValidationError::new("invalid_event_id", "event_id must be a UUID string"));
+        }
     };
     let body = EventBody::from_value(ty, Value::Object(map))?;
     body.validate()?;
@@ -269,13 +271,13 @@ fn from_value<T: serde::de::DeserializeOwned>(value: Value) -> Result<T, Validat
 impl EventBody {
     /// Deserializes a body of the given type. Does not validate; see [`EventBody::validate`].
     pub fn from_value(ty: BodyType, value: Value) -> Result<EventBody, ValidationError> {
-        if let Some(schema) = value.get("schema") {
-            if schema.as_u64() != Some(u64::from(SCHEMA_VERSION)) {
-                return Err(ValidationError::new(
-                    "unsupported_schema",
-                    format!("schema {schema} is not supported; this agent speaks schema {SCHEMA_VERSION}"),
-                ));
-            }
+        if let Some(schema) = value.get("schema")
+            && schema.as_u64() != Some(u64::from(SCHEMA_VERSION))
+        {
+            return Err(ValidationError::new(
+                "unsupported_schema",
+                format!("schema {schema} is not supported; this agent speaks schema {SCHEMA_VERSION}"),
+            ));
         }
         Ok(match ty {
             BodyType::Sale => EventBody::Sale(from_value(value)?),
@@ -431,7 +433,9 @@ fn check_occurred_at(s: &str) -> Result<(), ValidationError> {
     parse_timestamp(s).map(|_| ()).ok_or_else(|| {
         ValidationError::new(
             "invalid_occurred_at",
-            format!("occurred_at must be an RFC 3339 timestamp with an offset, like 2026-11-26T14:05:00+01:00; got {s:?}"),
+            format!(
+                "occurred_at must be an RFC 3339 timestamp with an offset, like 2026-11-26T14:05:00+01:00; got {s:?}"
+            ),
         )
     })
 }
@@ -530,7 +534,10 @@ fn check_lines(lines: &[Line]) -> Result<i64, ValidationError> {
 
 fn check_tenders(tenders: &[Tender], field: &str, total: i64) -> Result<(), ValidationError> {
     if tenders.len() > MAX_LINES {
-        return Err(ValidationError::new("too_many_lines", format!("at most {MAX_LINES} {field}, got {}", tenders.len())));
+        return Err(ValidationError::new(
+            "too_many_lines",
+            format!("at most {MAX_LINES} {field}, got {}", tenders.len()),
+        ));
     }
     let mut sum: i64 = 0;
     for (i, t) in tenders.iter().enumerate() {
@@ -572,13 +579,21 @@ mod tests {
     fn check(ty: BodyType, mutate: impl FnOnce(&mut Value), code: &str) {
         let mut v = match ty {
             BodyType::Sale => sale(),
-            BodyType::Adjustment => json!({"occurred_at": "2026-11-26T14:05:00Z", "sku": "A", "delta": -1, "reason": "damage"}),
-            BodyType::Transfer => json!({"occurred_at": "2026-11-26T14:05:00Z", "direction": "out", "other_store": "S2",
-                                          "transfer_id": "TR-1", "lines": [{"sku": "A", "qty": 1}]}),
-            BodyType::Void => json!({"occurred_at": "2026-11-26T14:05:00Z", "voided_event_id": Uuid::nil(), "reason": "x"}),
-            BodyType::Return => json!({"occurred_at": "2026-11-26T14:05:00Z", "currency": "EUR", "reason": "faulty",
+            BodyType::Adjustment => {
+                json!({"occurred_at": "2026-11-26T14:05:00Z", "sku": "A", "delta": -1, "reason": "damage"})
+            }
+            BodyType::Transfer => {
+                json!({"occurred_at": "2026-11-26T14:05:00Z", "direction": "out", "other_store": "S2",
+                                          "transfer_id": "TR-1", "lines": [{"sku": "A", "qty": 1}]})
+            }
+            BodyType::Void => {
+                json!({"occurred_at": "2026-11-26T14:05:00Z", "voided_event_id": Uuid::nil(), "reason": "x"})
+            }
+            BodyType::Return => {
+                json!({"occurred_at": "2026-11-26T14:05:00Z", "currency": "EUR", "reason": "faulty",
                                         "lines": [{"sku": "A", "qty": 1, "unit_price_minor": 100}],
-                                        "refunds": [{"method": "cash", "amount_minor": 100}]}),
+                                        "refunds": [{"method": "cash", "amount_minor": 100}]})
+            }
         };
         mutate(&mut v);
         let err = parse_request_value(ty, v).expect_err("should be refused");
@@ -658,16 +673,23 @@ mod tests {
             OffsetDateTime::from_unix_timestamp(s).unwrap().to_offset(off).format(&Rfc3339).unwrap()
         });
         let currency = prop::sample::select(vec!["EUR", "USD", "GBP", "JPY", "CHF"]);
-        let sale = (ts.clone(), currency, prop::collection::vec(arb_line(), 1..8), prop::option::of(arb_sku())).prop_map(
-            |(occurred_at, cur, lines, customer_id)| {
+        let sale = (ts.clone(), currency, prop::collection::vec(arb_line(), 1..8), prop::option::of(arb_sku()))
+            .prop_map(|(occurred_at, cur, lines, customer_id)| {
                 let total: i64 = lines.iter().map(|l| l.qty * l.unit_price_minor - l.discount_minor).sum();
-                let payments = if total == 0 { vec![] } else { vec![Tender { method: "card".into(), amount_minor: total }] };
+                let payments =
+                    if total == 0 { vec![] } else { vec![Tender { method: "card".into(), amount_minor: total }] };
                 EventBody::Sale(SaleBody { schema: 1, occurred_at, currency: cur.into(), lines, payments, customer_id })
-            },
-        );
-        let adj = (ts.clone(), arb_sku(), prop_oneof![-MAX_QTY..0, 1..=MAX_QTY]).prop_map(|(occurred_at, sku, delta)| {
-            EventBody::Adjustment(AdjustmentBody { schema: 1, occurred_at, sku, delta, reason: AdjustmentReason::Count })
-        });
+            });
+        let adj =
+            (ts.clone(), arb_sku(), prop_oneof![-MAX_QTY..0, 1..=MAX_QTY]).prop_map(|(occurred_at, sku, delta)| {
+                EventBody::Adjustment(AdjustmentBody {
+                    schema: 1,
+                    occurred_at,
+                    sku,
+                    delta,
+                    reason: AdjustmentReason::Count,
+                })
+            });
         let transfer = (ts, any::<bool>(), prop::collection::vec((arb_sku(), 1i64..100), 1..5)).prop_map(
             |(occurred_at, out, lines)| {
                 EventBody::Transfer(TransferBody {

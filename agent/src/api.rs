@@ -1,0 +1,211 @@
+//! The POS API on 127.0.0.1: journal writes, stock and price lookups, the journal itself, and status.
+//!
+//! It has no authentication of its own: it listens on loopback only, for the POS on the same machine. Every error
+//! is `{"error": code, "detail": text}`; a write is answered only after its COMMIT returned.
+
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use axum::extract::{DefaultBodyLimit, FromRequest, Path, Query, Request, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+use storesync_shared::event::{BodyType, parse_request};
+use storesync_shared::wire::{JournalEvent, Receipt};
+use time::OffsetDateTime;
+use time::format_description::well_known::Rfc3339;
+
+use crate::AgentState;
+use crate::journal::{AppendError, AppendOutcome, journal_page, journal_status};
+
+/// The largest request body the POS API reads.
+pub const MAX_BODY_BYTES: usize = 256 * 1024;
+/// The most journal entries one page returns.
+pub const MAX_PAGE: usize = 1000;
+
+/// Every error this API answers with.
+#[derive(Debug)]
+pub struct ApiError {
+    status: StatusCode,
+    code: &'static str,
+    detail: String,
+}
+
+impl ApiError {
+    pub fn new(status: StatusCode, code: &'static str, detail: impl Into<String>) -> ApiError {
+        ApiError { status, code, detail: detail.into() }
+    }
+
+    fn internal(e: anyhow::Error) -> ApiError {
+        tracing::error!(error = %format!("{e:#}"), "internal error in the POS API");
+        ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", "internal error; see the agent's log")
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (self.status, Json(json!({"error": self.code, "detail": self.detail}))).into_response()
+    }
+}
+
+impl From<AppendError> for ApiError {
+    fn from(e: AppendError) -> ApiError {
+        match e {
+            AppendError::Conflict { code, detail } => ApiError::new(StatusCode::CONFLICT, code, detail),
+            AppendError::Invalid { code, detail } => ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, code, detail),
+            AppendError::Unavailable(detail) => {
+                tracing::error!(error = %detail, "journal unavailable; refusing the write");
+                ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "journal_unavailable", detail)
+            }
+        }
+    }
+}
+
+/// The raw body, with size-limit rejections in our error shape.
+pub struct Body(pub Bytes);
+
+impl<S: Send + Sync> FromRequest<S> for Body {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        match Bytes::from_request(req, state).await {
+            Ok(b) => Ok(Body(b)),
+            Err(e) if e.status() == StatusCode::PAYLOAD_TOO_LARGE => Err(ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "body_too_large",
+                format!("request bodies are limited to {MAX_BODY_BYTES} bytes"),
+            )),
+            Err(e) => Err(ApiError::new(StatusCode::BAD_REQUEST, "bad_body", e.body_text())),
+        }
+    }
+}
+
+pub fn router(state: Arc<AgentState>) -> Router {
+    Router::new()
+        .route("/v1/sales", post(|s, b| write(s, BodyType::Sale, b)))
+        .route("/v1/returns", post(|s, b| write(s, BodyType::Return, b)))
+        .route("/v1/voids", post(|s, b| write(s, BodyType::Void, b)))
+        .route("/v1/transfers", post(|s, b| write(s, BodyType::Transfer, b)))
+        .route("/v1/adjustments", post(|s, b| write(s, BodyType::Adjustment, b)))
+        .route("/v1/stock/{sku}", get(stock))
+        .route("/v1/prices/{sku}", get(price))
+        .route("/v1/journal", get(journal))
+        .route("/v1/status", get(status))
+        .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such endpoint") })
+        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .with_state(state)
+}
+
+async fn write(State(s): State<Arc<AgentState>>, ty: BodyType, Body(bytes): Body) -> Result<Response, ApiError> {
+    let (event_id, body) = parse_request(ty, &bytes).map_err(|e| {
+        let status =
+            if e.code == "malformed_json" { StatusCode::BAD_REQUEST } else { StatusCode::UNPROCESSABLE_ENTITY };
+        ApiError::new(status, e.code, e.detail)
+    })?;
+    let (status, receipt): (StatusCode, Receipt) = match s.journal.append(event_id, body).await? {
+        AppendOutcome::Created(r) => (StatusCode::CREATED, r),
+        AppendOutcome::Existing(r) => (StatusCode::OK, r),
+    };
+    Ok((status, Json(receipt)).into_response())
+}
+
+async fn blocking<R: Send + 'static>(f: impl FnOnce() -> anyhow::Result<R> + Send + 'static) -> Result<R, ApiError> {
+    tokio::task::spawn_blocking(f).await.map_err(|e| ApiError::internal(e.into()))?.map_err(ApiError::internal)
+}
+
+fn check_sku(sku: &str) -> Result<(), ApiError> {
+    storesync_shared::event::check_sku(sku, "sku").map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, e.code, e.detail))
+}
+
+#[derive(Serialize)]
+struct StockAnswer {
+    sku: String,
+    on_hand: i64,
+}
+
+async fn stock(State(s): State<Arc<AgentState>>, Path(sku): Path<String>) -> Result<Json<StockAnswer>, ApiError> {
+    check_sku(&sku)?;
+    let reads = s.journal.reads().clone();
+    let on_hand = blocking(move || Ok(reads.on_hand(&sku)).map(|n| (sku, n))).await?;
+    Ok(Json(StockAnswer { sku: on_hand.0, on_hand: on_hand.1 }))
+}
+
+async fn price(State(s): State<Arc<AgentState>>, Path(sku): Path<String>) -> Result<Response, ApiError> {
+    check_sku(&sku)?;
+    let reads = s.journal.reads().clone();
+    let key = sku.clone();
+    let view = blocking(move || Ok(reads.price(&key, OffsetDateTime::now_utc()))).await?;
+    let Some(current) = view.current else {
+        return Err(ApiError::new(StatusCode::NOT_FOUND, "no_price", format!("no price in force for sku {sku:?}")));
+    };
+    let next = view
+        .next
+        .map(|n| json!({"price_minor": n.price_minor, "currency": n.currency, "effective_from": n.effective_from}));
+    Ok(Json(json!({
+        "sku": sku,
+        "price_minor": current.price_minor,
+        "currency": current.currency,
+        "effective_from": current.effective_from,
+        "next": next,
+    }))
+    .into_response())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct JournalQuery {
+    #[serde(default)]
+    after_seq: u64,
+    #[serde(default = "default_limit")]
+    limit: usize,
+}
+
+fn default_limit() -> usize {
+    100
+}
+
+#[derive(Serialize)]
+struct JournalPage {
+    events: Vec<JournalEvent>,
+}
+
+async fn journal(
+    State(s): State<Arc<AgentState>>,
+    q: Result<Query<JournalQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<JournalPage>, ApiError> {
+    let Query(q) = q.map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "bad_query", e.body_text()))?;
+    if !(1..=MAX_PAGE).contains(&q.limit) {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "bad_query",
+            format!("limit must be between 1 and {MAX_PAGE}"),
+        ));
+    }
+    let reads = s.journal.reads().clone();
+    let events = blocking(move || reads.with(|c| journal_page(c, q.after_seq, q.limit))).await?;
+    Ok(Json(JournalPage { events }))
+}
+
+async fn status(State(s): State<Arc<AgentState>>) -> Result<Json<serde_json::Value>, ApiError> {
+    Ok(Json(status_value(&s).await?))
+}
+
+/// The status document: the journal's figures plus the sync state.
+pub async fn status_value(s: &Arc<AgentState>) -> Result<serde_json::Value, ApiError> {
+    let reads = s.journal.reads().clone();
+    let js = blocking(move || reads.with(journal_status)).await?;
+    let sync = s.sync_status();
+    let mut v = serde_json::to_value(&js).map_err(|e| ApiError::internal(e.into()))?;
+    if let Some(obj) = v.as_object_mut() {
+        obj.insert("hub".into(), json!(sync.hub));
+        obj.insert("hub_url".into(), json!(sync.hub_url));
+        obj.insert("last_sync_at".into(), json!(sync.last_sync_at.and_then(|t| t.format(&Rfc3339).ok())));
+        obj.insert("last_error".into(), json!(sync.last_error));
+        obj.insert("version".into(), json!(env!("CARGO_PKG_VERSION")));
+        obj.insert("queue_depth".into(), json!(s.journal.queue_depth()));
+    }
+    Ok(v)
+}

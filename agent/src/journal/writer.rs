@@ -1,0 +1,444 @@
+//! The single writer: group commit of journal rows and their automerge changes.
+//!
+//! The loop blocks for one command, drains up to [`MAX_GROUP`] more without waiting, applies them all in one
+//! `BEGIN IMMEDIATE` transaction, commits once (one fsync shared by every caller in the group), and only then
+//! answers. Commands in a group are independent: one refused command (a conflict, an unknown void target) writes
+//! nothing and does not affect the others. Only a failing SQLite statement or COMMIT fails the whole group, and
+//! then memory is reloaded from disk.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, RwLock};
+
+use anyhow::Context;
+use automerge::transaction::CommitOptions;
+use automerge::{ActorId, Automerge};
+use rusqlite::{Connection, ErrorCode, OptionalExtension, Transaction, TransactionBehavior, params};
+use storesync_shared::canonical::{ChainInput, event_hash};
+use storesync_shared::crdt;
+use storesync_shared::event::negate;
+use storesync_shared::wire::Receipt;
+use storesync_shared::{EventBody, EventKind};
+use time::OffsetDateTime;
+use time::format_description::well_known::Rfc3339;
+use tokio::sync::mpsc;
+use uuid::Uuid;
+
+use super::schema::Identity;
+use super::{AppendError, AppendOutcome, Command, DocState};
+
+/// The most commands one group commit takes.
+pub(crate) const MAX_GROUP: usize = 512;
+/// After this many incremental document changes, the writer folds them into a new snapshot.
+pub(crate) const SNAPSHOT_EVERY: i64 = 4096;
+
+pub(crate) struct Writer {
+    conn: Connection,
+    st: WriterState,
+}
+
+/// Everything the writer keeps in memory besides its connection.
+struct WriterState {
+    identity: Arc<Identity>,
+    docs: Arc<RwLock<DocState>>,
+    last_seq: u64,
+    last_hash: String,
+    pending_changes: i64,
+}
+
+/// Is this SQLite failure about the disk or the file rather than our statement? Then it is a 503.
+fn is_unavailable(e: &rusqlite::Error) -> bool {
+    matches!(
+        e.sqlite_error_code(),
+        Some(
+            ErrorCode::DiskFull
+                | ErrorCode::SystemIoFailure
+                | ErrorCode::ReadOnly
+                | ErrorCode::CannotOpen
+                | ErrorCode::DatabaseBusy
+                | ErrorCode::DatabaseLocked
+                | ErrorCode::DatabaseCorrupt
+                | ErrorCode::NotADatabase
+                | ErrorCode::OutOfMemory
+        )
+    )
+}
+
+fn unavailable(e: &rusqlite::Error) -> AppendError {
+    if is_unavailable(e) {
+        AppendError::Unavailable(format!("cannot write the journal: {e}"))
+    } else {
+        AppendError::Unavailable(format!("journal write failed: {e}"))
+    }
+}
+
+/// Loads the store document: the snapshot (or the genesis document) plus every incremental change after it.
+pub(super) fn load_doc(conn: &Connection) -> anyhow::Result<(Automerge, i64)> {
+    let snapshot: Option<Vec<u8>> =
+        conn.query_row("SELECT bytes FROM doc_snapshot WHERE id = 1", [], |r| r.get(0)).optional()?;
+    let mut doc = match snapshot {
+        Some(bytes) => Automerge::load(&bytes).context("loading document snapshot")?,
+        None => crdt::genesis(),
+    };
+    let mut stmt = conn.prepare("SELECT bytes FROM doc_changes ORDER BY id")?;
+    let mut rows = stmt.query([])?;
+    let mut n = 0;
+    while let Some(row) = rows.next()? {
+        let bytes: Vec<u8> = row.get(0)?;
+        doc.load_incremental(&bytes).context("loading document change")?;
+        n += 1;
+    }
+    doc.set_actor(ActorId::random());
+    Ok((doc, n))
+}
+
+fn chain_head(conn: &Connection, identity: &Identity) -> rusqlite::Result<(u64, String)> {
+    let head: Option<(u64, String)> = conn
+        .query_row("SELECT seq, hash FROM journal ORDER BY seq DESC LIMIT 1", [], |r| Ok((r.get(0)?, r.get(1)?)))
+        .optional()?;
+    Ok(head.unwrap_or_else(|| (0, storesync_shared::genesis_hash(&identity.store_id, &identity.till_id))))
+}
+
+fn now_rfc3339() -> String {
+    OffsetDateTime::now_utc().format(&Rfc3339).unwrap_or_default()
+}
+
+impl Writer {
+    pub(super) fn new(conn: Connection, identity: Arc<Identity>) -> anyhow::Result<(Writer, Arc<RwLock<DocState>>)> {
+        let (doc, pending_changes) = load_doc(&conn)?;
+        let (last_seq, last_hash) = chain_head(&conn, &identity)?;
+        let committed_heads = doc.get_heads();
+        let docs = Arc::new(RwLock::new(DocState { doc, committed_heads }));
+        let st = WriterState { identity, docs: docs.clone(), last_seq, last_hash, pending_changes };
+        Ok((Writer { conn, st }, docs))
+    }
+
+    /// Runs until every sender is dropped and the queue is drained.
+    pub(super) fn run(mut self, mut rx: mpsc::Receiver<Command>) {
+        let mut group = Vec::with_capacity(MAX_GROUP);
+        while let Some(first) = rx.blocking_recv() {
+            group.push(first);
+            while group.len() < MAX_GROUP {
+                match rx.try_recv() {
+                    Ok(c) => group.push(c),
+                    Err(_) => break,
+                }
+            }
+            self.process(&mut group);
+        }
+        tracing::debug!("journal writer stopped");
+    }
+
+    fn process(&mut self, group: &mut Vec<Command>) {
+        let mut replies = Vec::with_capacity(group.len());
+        let result = self.apply_group(group.drain(..), &mut replies);
+        match result {
+            Ok(()) => {
+                if let Ok(mut d) = self.st.docs.write() {
+                    d.committed_heads = d.doc.get_heads();
+                }
+                for r in replies {
+                    r.send();
+                }
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "journal group commit failed; nothing in it was written");
+                // apply_group has rolled last_seq back to what is durably committed.
+                for r in replies {
+                    r.fail(&e, self.st.last_seq);
+                }
+                if let Err(e) = self.reload() {
+                    tracing::error!(error = %format!("{e:#}"), "reloading the journal state after a failed commit");
+                }
+            }
+        }
+    }
+
+    /// Rebuilds the in-memory state from the database after a failed transaction.
+    fn reload(&mut self) -> anyhow::Result<()> {
+        let (doc, pending) = load_doc(&self.conn)?;
+        let (seq, hash) = chain_head(&self.conn, &self.st.identity)?;
+        self.st.last_seq = seq;
+        self.st.last_hash = hash;
+        self.st.pending_changes = pending;
+        if let Ok(mut d) = self.st.docs.write() {
+            d.committed_heads = doc.get_heads();
+            d.doc = doc;
+        }
+        Ok(())
+    }
+
+    fn apply_group(
+        &mut self,
+        group: impl Iterator<Item = Command>,
+        replies: &mut Vec<Reply>,
+    ) -> Result<(), AppendError> {
+        let st = &mut self.st;
+        let tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(|e| unavailable(&e))?;
+        let start_seq = st.last_seq;
+        let start_hash = st.last_hash.clone();
+        let mut deltas: BTreeMap<String, i64> = BTreeMap::new();
+        let mut outcome = Ok(());
+        for cmd in group {
+            if outcome.is_err() {
+                replies.push(Reply::pending(cmd));
+                continue;
+            }
+            match cmd {
+                Command::Append { event_id, body, reply } => {
+                    match append_one(&tx, &st.identity, &mut st.last_seq, &mut st.last_hash, event_id, &body) {
+                        Ok((res, effect)) => {
+                            for (sku, d) in effect {
+                                *deltas.entry(sku).or_insert(0) += d;
+                            }
+                            replies.push(Reply::Append(reply, res));
+                        }
+                        Err(e) => {
+                            outcome = Err(unavailable(&e));
+                            replies.push(Reply::Append(reply, Err(unavailable(&e))));
+                        }
+                    }
+                }
+                Command::MarkSynced { through, hash, reply } => {
+                    let r = tx
+                        .execute(
+                            "UPDATE upload_cursor SET acked_seq = ?1, acked_hash = ?2 WHERE id = 1 AND acked_seq < ?1",
+                            params![through, hash],
+                        )
+                        .map(drop);
+                    match r {
+                        Ok(()) => replies.push(Reply::Synced(reply, Ok(()))),
+                        Err(e) => {
+                            outcome = Err(unavailable(&e));
+                            replies.push(Reply::Synced(reply, Err(unavailable(&e))));
+                        }
+                    }
+                }
+            }
+        }
+        if let Err(e) = outcome {
+            st.last_seq = start_seq;
+            st.last_hash = start_hash;
+            return Err(e);
+        }
+        deltas.retain(|_, d| *d != 0);
+        if !deltas.is_empty()
+            && let Err(e) = st.record_doc_change(&tx, &deltas, start_seq + 1)
+        {
+            st.last_seq = start_seq;
+            st.last_hash = start_hash;
+            return Err(e);
+        }
+        tx.commit().map_err(|e| {
+            st.last_seq = start_seq;
+            st.last_hash = start_hash;
+            unavailable(&e)
+        })
+    }
+}
+
+impl WriterState {
+    /// Applies the group's stock deltas to the document as one automerge change, tagged with the journal seq range
+    /// it comes from, and stores the change in the same SQLite transaction.
+    fn record_doc_change(
+        &mut self,
+        tx: &Transaction<'_>,
+        deltas: &BTreeMap<String, i64>,
+        first_seq: u64,
+    ) -> Result<(), AppendError> {
+        let mut docs = self.docs.write().map_err(|_| AppendError::Unavailable("document lock poisoned".into()))?;
+        let before = docs.doc.get_heads();
+        let stock = crdt::root_map(&docs.doc, crdt::STOCK)
+            .ok_or_else(|| AppendError::Unavailable("store document has no stock map".into()))?;
+        let mut am = docs.doc.transaction();
+        if let Err(e) = crdt::apply_stock(&mut am, &stock, &self.identity.till_id, deltas) {
+            am.rollback();
+            return Err(AppendError::Unavailable(format!("updating stock counters: {e}")));
+        }
+        let message = format!("journal {first_seq}..{}", self.last_seq);
+        am.commit_with(
+            CommitOptions::default().with_message(message).with_time(OffsetDateTime::now_utc().unix_timestamp()),
+        );
+        let bytes = docs.doc.save_after(&before);
+        drop(docs);
+        tx.execute("INSERT INTO doc_changes (bytes) VALUES (?1)", [&bytes]).map_err(|e| unavailable(&e))?;
+        self.pending_changes += 1;
+        if self.pending_changes >= SNAPSHOT_EVERY {
+            let full = self
+                .docs
+                .read()
+                .map(|d| d.doc.save())
+                .map_err(|_| AppendError::Unavailable("document lock poisoned".into()))?;
+            tx.execute("INSERT OR REPLACE INTO doc_snapshot (id, bytes) VALUES (1, ?1)", [&full])
+                .map_err(|e| unavailable(&e))?;
+            tx.execute("DELETE FROM doc_changes", []).map_err(|e| unavailable(&e))?;
+            self.pending_changes = 0;
+        }
+        Ok(())
+    }
+}
+
+type AppendResult = Result<AppendOutcome, AppendError>;
+
+/// Journals one event inside the group's transaction. `Ok((Err(..), _))` is a refusal that wrote nothing;
+/// `Err(..)` is a database failure that dooms the whole group.
+fn append_one(
+    tx: &Transaction<'_>,
+    identity: &Identity,
+    last_seq: &mut u64,
+    last_hash: &mut String,
+    event_id: Option<Uuid>,
+    body: &EventBody,
+) -> rusqlite::Result<(AppendResult, BTreeMap<String, i64>)> {
+    let kind = body.kind();
+    let canonical = body.canonical();
+    let canonical_text = String::from_utf8_lossy(&canonical).into_owned();
+    if let Some(id) = event_id {
+        let existing: Option<(u64, String, String, String)> = tx
+            .query_row("SELECT seq, kind, body, hash FROM journal WHERE event_id = ?1", [id.to_string()], |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
+            })
+            .optional()?;
+        if let Some((seq, k, b, hash)) = existing {
+            let res = if k == kind.as_str() && b == canonical_text {
+                Ok(AppendOutcome::Existing(Receipt { event_id: id, seq, hash }))
+            } else {
+                Err(AppendError::Conflict {
+                    code: "event_id_conflict",
+                    detail: format!("event_id {id} was journaled at seq {seq} with a different {k} body"),
+                })
+            };
+            return Ok((res, BTreeMap::new()));
+        }
+    }
+    let effect = match body {
+        EventBody::Void(v) => match void_effect(tx, v.voided_event_id)? {
+            Ok(effect) => effect,
+            Err(e) => return Ok((Err(e), BTreeMap::new())),
+        },
+        other => other.stock_effect(),
+    };
+    let event_id = event_id.unwrap_or_else(Uuid::new_v4);
+    let seq = *last_seq + 1;
+    let hash = event_hash(&ChainInput {
+        store: &identity.store_id,
+        till: &identity.till_id,
+        seq,
+        event_id,
+        kind,
+        body: &canonical,
+        prev_hash: last_hash,
+    });
+    tx.execute(
+        "INSERT INTO journal (seq, event_id, kind, occurred_at, recorded_at, body, prev_hash, hash)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+        params![
+            seq,
+            event_id.to_string(),
+            kind.as_str(),
+            body.occurred_at(),
+            now_rfc3339(),
+            canonical_text,
+            &*last_hash,
+            hash
+        ],
+    )?;
+    if let EventBody::Void(v) = body {
+        tx.execute(
+            "INSERT INTO voids (voided_event_id, void_seq) VALUES (?1, ?2)",
+            params![v.voided_event_id.to_string(), seq],
+        )?;
+    }
+    *last_seq = seq;
+    *last_hash = hash.clone();
+    Ok((Ok(AppendOutcome::Created(Receipt { event_id, seq, hash })), effect))
+}
+
+/// The stock effect of voiding `target`, or why it cannot be voided.
+fn void_effect(tx: &Transaction<'_>, target: Uuid) -> rusqlite::Result<Result<BTreeMap<String, i64>, AppendError>> {
+    let row: Option<(String, String)> = tx
+        .query_row("SELECT kind, body FROM journal WHERE event_id = ?1", [target.to_string()], |r| {
+            Ok((r.get(0)?, r.get(1)?))
+        })
+        .optional()?;
+    let Some((kind, body)) = row else {
+        return Ok(Err(AppendError::Invalid {
+            code: "voided_event_not_found",
+            detail: format!("no event {target} in this till's journal"),
+        }));
+    };
+    let kind = EventKind::parse(&kind).unwrap_or(EventKind::Void);
+    if kind == EventKind::Void {
+        return Ok(Err(AppendError::Conflict {
+            code: "cannot_void_void",
+            detail: format!("event {target} is itself a void"),
+        }));
+    }
+    let already: Option<u64> = tx
+        .query_row("SELECT void_seq FROM voids WHERE voided_event_id = ?1", [target.to_string()], |r| r.get(0))
+        .optional()?;
+    if let Some(seq) = already {
+        return Ok(Err(AppendError::Conflict {
+            code: "already_voided",
+            detail: format!("event {target} was voided at seq {seq}"),
+        }));
+    }
+    let parsed = serde_json::from_str(&body).ok().and_then(|v| EventBody::from_stored(kind, v).ok());
+    match parsed {
+        Some(b) if b.is_voidable() => Ok(Ok(negate(&b.stock_effect()))),
+        Some(_) => Ok(Err(AppendError::Conflict {
+            code: "not_voidable",
+            detail: format!("event {target} is a {kind}; only sales and returns can be voided"),
+        })),
+        None => Ok(Err(AppendError::Conflict {
+            code: "not_voidable",
+            detail: format!("event {target} cannot be read back"),
+        })),
+    }
+}
+
+/// A reply waiting for the group's COMMIT.
+enum Reply {
+    Append(tokio::sync::oneshot::Sender<AppendResult>, AppendResult),
+    Synced(tokio::sync::oneshot::Sender<Result<(), AppendError>>, Result<(), AppendError>),
+    /// A command the group never reached because an earlier one failed.
+    Skipped(Command),
+}
+
+impl Reply {
+    fn pending(cmd: Command) -> Reply {
+        Reply::Skipped(cmd)
+    }
+
+    fn send(self) {
+        // A caller that went away (client disconnected) no longer needs its answer; the write stands.
+        match self {
+            Reply::Append(tx, r) => drop(tx.send(r)),
+            Reply::Synced(tx, r) => drop(tx.send(r)),
+            Reply::Skipped(cmd) => Reply::fail_cmd(cmd, &AppendError::Unavailable("skipped".into())),
+        }
+    }
+
+    /// The group failed: nothing of it was written. Refusals stay true (they wrote nothing); writes, and repeats of
+    /// writes made earlier in this same group, become 503s.
+    fn fail(self, e: &AppendError, committed_through: u64) {
+        match self {
+            Reply::Append(tx, r) => {
+                let r = match r {
+                    Ok(AppendOutcome::Created(_)) => Err(e.clone()),
+                    Ok(AppendOutcome::Existing(rc)) if rc.seq > committed_through => Err(e.clone()),
+                    other => other,
+                };
+                drop(tx.send(r));
+            }
+            Reply::Synced(tx, _) => drop(tx.send(Err(e.clone()))),
+            Reply::Skipped(cmd) => Reply::fail_cmd(cmd, e),
+        }
+    }
+
+    fn fail_cmd(cmd: Command, e: &AppendError) {
+        match cmd {
+            Command::Append { reply, .. } => drop(reply.send(Err(e.clone()))),
+            Command::MarkSynced { reply, .. } => drop(reply.send(Err(e.clone()))),
+        }
+    }
+}

@@ -1,0 +1,118 @@
+//! `storesync-agent`: the store side of storesync.
+//!
+//! [`run`] opens the journal, serves the POS API, and (once the till is enrolled) syncs with the hub in the
+//! background, until `shutdown` fires. The binary's `main` only parses the command line and calls into here, so
+//! tests drive the same code.
+
+pub mod api;
+pub mod config;
+pub mod journal;
+
+use std::sync::{Arc, Mutex};
+
+use anyhow::Context;
+use serde::Serialize;
+use time::OffsetDateTime;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::Config;
+use crate::journal::{IdentityClaim, Journal};
+
+/// Whether the hub can be reached, as the status reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum HubReach {
+    NotConfigured,
+    Reachable,
+    Unreachable,
+}
+
+/// The sync loop's view of the hub, shared with the status endpoint.
+#[derive(Debug, Clone)]
+pub struct SyncStatus {
+    pub hub: HubReach,
+    pub hub_url: Option<String>,
+    pub last_sync_at: Option<OffsetDateTime>,
+    pub last_error: Option<String>,
+}
+
+/// Everything the API handlers and background tasks share.
+pub struct AgentState {
+    pub journal: Journal,
+    pub sync: Mutex<SyncStatus>,
+}
+
+impl AgentState {
+    pub fn sync_status(&self) -> SyncStatus {
+        self.sync.lock().map(|s| s.clone()).unwrap_or(SyncStatus {
+            hub: HubReach::NotConfigured,
+            hub_url: None,
+            last_sync_at: None,
+            last_error: Some("sync status lock poisoned".into()),
+        })
+    }
+}
+
+/// Runs the agent until `shutdown` is cancelled: SIGTERM, ctrl-c and a service stop all cancel the same token.
+/// In-flight requests are drained, then the journal writer commits what it holds and stops.
+pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
+    let claim = IdentityClaim { store_id: config.store_id.clone(), till_id: config.till_id.clone() };
+    let (journal, writer) = Journal::open(&config.data_dir, &claim)?;
+    let identity = journal.identity().clone();
+    tracing::info!(store_id = %identity.store_id, till_id = %identity.till_id, data_dir = %config.data_dir.display(), "journal open");
+    let state = Arc::new(AgentState {
+        journal,
+        sync: Mutex::new(SyncStatus {
+            hub: HubReach::NotConfigured,
+            hub_url: None,
+            last_sync_at: None,
+            last_error: None,
+        }),
+    });
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .with_context(|| format!("binding the POS API to {}", config.listen))?;
+    let addr = listener.local_addr()?;
+    tracing::info!(%addr, "POS API listening");
+    // Tests and supervisors read the bound address from this line.
+    println!("listening on http://{addr}");
+    let app = api::router(state.clone());
+    let serve = axum::serve(listener, app).with_graceful_shutdown(shutdown.clone().cancelled_owned());
+    let result = serve.await.context("serving the POS API");
+    drop(state);
+    // Every handle is gone: the writer drains its queue, commits, and ends.
+    let joined = tokio::task::spawn_blocking(move || writer.join()).await;
+    if !matches!(joined, Ok(Ok(()))) {
+        tracing::error!("journal writer ended abnormally");
+    }
+    tracing::info!("agent stopped");
+    result
+}
+
+/// Resolves when the process is asked to stop: ctrl-c, or SIGTERM on Unix.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        if let Err(e) = tokio::signal::ctrl_c().await {
+            tracing::error!(error = %e, "cannot listen for ctrl-c");
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "cannot listen for SIGTERM");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => tracing::info!("ctrl-c: stopping"),
+        () = term => tracing::info!("SIGTERM: stopping"),
+    }
+}

@@ -1,0 +1,175 @@
+//! The `storesync-agent` binary: parse the command line, set up logging, and call into the library.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use storesync_agent::config::{self, Config, LogFormat, Overrides};
+use storesync_agent::journal::{self, DB_FILE};
+use tokio_util::sync::CancellationToken;
+
+#[derive(Parser)]
+#[command(
+    name = "storesync-agent",
+    version,
+    about = "storesync store agent: the POS journal, offline stock and prices, sync to the hub"
+)]
+struct Cli {
+    /// The agent.toml to read (default: agent.toml in the platform config dir).
+    #[arg(long, global = true, env = "STORESYNC_CONFIG")]
+    config: Option<PathBuf>,
+    /// Where the journal and credentials live.
+    #[arg(long, global = true, env = "STORESYNC_DATA_DIR")]
+    data_dir: Option<PathBuf>,
+    /// Log format on stderr.
+    #[arg(long, global = true, env = "STORESYNC_LOG_FORMAT", value_enum)]
+    log_format: Option<LogFormat>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the agent: the POS API, and sync with the hub once enrolled.
+    Run {
+        /// The POS API address (loopback only).
+        #[arg(long, env = "STORESYNC_LISTEN")]
+        listen: Option<String>,
+        /// The store this till belongs to (until it is enrolled).
+        #[arg(long, env = "STORESYNC_STORE_ID", requires = "till_id")]
+        store_id: Option<String>,
+        /// This till's id (until it is enrolled).
+        #[arg(long, env = "STORESYNC_TILL_ID", requires = "store_id")]
+        till_id: Option<String>,
+    },
+    /// Show the journal and sync status.
+    Status {
+        /// Print JSON instead of the human view.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Recompute the whole hash chain; exit non-zero naming the first bad seq.
+    VerifyJournal,
+    /// Write the journal to stdout.
+    Export {
+        #[arg(long, value_enum, default_value = "jsonl")]
+        format: ExportFormat,
+    },
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum ExportFormat {
+    Jsonl,
+}
+
+fn init_tracing(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("STORESYNC_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match format {
+        LogFormat::Json => builder.json().init(),
+        LogFormat::Human => builder.init(),
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match real_main(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("storesync-agent: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
+    let file = config::load_file(cli.config.as_deref())?;
+    let log_format = match (cli.log_format, file.log_format.as_deref()) {
+        (Some(f), _) => f,
+        (None, Some("json")) => LogFormat::Json,
+        (None, Some("human") | None) => LogFormat::Human,
+        (None, Some(other)) => {
+            anyhow::bail!("log_format {other:?} in agent.toml must be \"human\" or \"json\"")
+        }
+    };
+    init_tracing(log_format);
+    let mut overrides = Overrides { data_dir: cli.data_dir, ..Overrides::default() };
+    match cli.command {
+        Command::Run { listen, store_id, till_id } => {
+            overrides.listen = listen;
+            overrides.store_id = store_id;
+            overrides.till_id = till_id;
+            let config = Config::resolve(file, overrides)?;
+            let rt = tokio::runtime::Runtime::new().context("starting the tokio runtime")?;
+            rt.block_on(async {
+                let shutdown = CancellationToken::new();
+                let trigger = shutdown.clone();
+                tokio::spawn(async move {
+                    storesync_agent::shutdown_signal().await;
+                    trigger.cancel();
+                });
+                storesync_agent::run(config, shutdown).await
+            })?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Status { json } => {
+            let config = Config::resolve(file, overrides)?;
+            let (conn, _) = journal::open_read_only(&config.data_dir.join(DB_FILE))?;
+            let s = journal::journal_status(&conn)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&s)?);
+            } else {
+                println!("store {} / till {}", s.store_id, s.till_id);
+                println!("journal: {} events, last seq {}", s.journal_len, s.last_seq);
+                if s.unsynced == 0 {
+                    println!("sync: everything acknowledged by the hub");
+                } else {
+                    println!(
+                        "sync: {} events waiting to send, oldest {} s old — all saved",
+                        s.unsynced, s.oldest_unsynced_age_s
+                    );
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::VerifyJournal => {
+            let config = Config::resolve(file, overrides)?;
+            let (conn, _) = journal::open_read_only(&config.data_dir.join(DB_FILE))?;
+            match journal::verify_chain(&conn) {
+                Ok(v) => {
+                    for t in &v.missing_triggers {
+                        eprintln!("warning: append-only trigger {t} is missing: the journal database was altered");
+                    }
+                    println!("journal intact: {} events, head {}", v.events, v.head_hash);
+                    Ok(if v.missing_triggers.is_empty() { ExitCode::SUCCESS } else { ExitCode::from(3) })
+                }
+                Err(journal::VerifyError::Chain(e)) => {
+                    eprintln!("journal broken at seq {}: {e}", e.seq());
+                    Ok(ExitCode::from(2))
+                }
+                Err(e) => Err(e.into()),
+            }
+        }
+        Command::Export { format: ExportFormat::Jsonl } => {
+            let config = Config::resolve(file, overrides)?;
+            let (conn, _) = journal::open_read_only(&config.data_dir.join(DB_FILE))?;
+            let stdout = std::io::stdout();
+            let mut out = std::io::BufWriter::new(stdout.lock());
+            let mut after = 0;
+            loop {
+                let page = journal::journal_page(&conn, after, 1000)?;
+                let Some(last) = page.last() else { break };
+                after = last.seq;
+                for ev in &page {
+                    serde_json::to_writer(&mut out, ev)?;
+                    out.write_all(b"\n")?;
+                }
+            }
+            out.flush()?;
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}

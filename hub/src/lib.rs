@@ -1,0 +1,150 @@
+//! `storesync-hub`: the head-office side of storesync: till enrolment, exactly-once journal ingest and the fleet
+//! view.
+//!
+//! Entry points: [`run`] (what `storesync-hub serve` calls) and [`bind`] + [`Server::serve`] for callers that need
+//! the bound address first (tests, `demo`); [`router`] builds the HTTP surface on any [`AppState`].
+//!
+//! Architecture invariants: only [`storage`] knows SQL; only [`api`] knows HTTP and the wire format's status
+//! codes; the hub never trusts a store or till named in a request body, only the one bound to the credential.
+
+pub mod api;
+pub mod secrets;
+pub mod server;
+pub mod storage;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, Ordering};
+
+use anyhow::Context as _;
+use tokio_util::sync::CancellationToken;
+
+pub use api::{AppState, router};
+pub use server::{Server, bind};
+
+use crate::storage::sqlite::SqliteStorage;
+
+/// The hub's wall clock, in unix seconds. Behind a trait so tests can move time (code expiry, rate limits).
+pub trait Clock: Send + Sync + 'static {
+    fn now(&self) -> i64;
+}
+
+/// The system clock.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct SystemClock;
+
+impl Clock for SystemClock {
+    fn now(&self) -> i64 {
+        time::OffsetDateTime::now_utc().unix_timestamp()
+    }
+}
+
+/// A clock that only moves when told to.
+#[derive(Debug, Default)]
+pub struct ManualClock(AtomicI64);
+
+impl ManualClock {
+    pub fn new(now: i64) -> ManualClock {
+        ManualClock(AtomicI64::new(now))
+    }
+
+    pub fn advance(&self, secs: i64) {
+        self.0.fetch_add(secs, Ordering::SeqCst);
+    }
+}
+
+impl Clock for ManualClock {
+    fn now(&self) -> i64 {
+        self.0.load(Ordering::SeqCst)
+    }
+}
+
+/// PEM files of the server certificate chain and its private key.
+#[derive(Debug, Clone)]
+pub struct TlsFiles {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+/// Enrolment brute-force protection: at most `max_failures` failed attempts per client IP per `window_s`.
+#[derive(Debug, Clone, Copy)]
+pub struct EnrollLimits {
+    pub max_failures: u32,
+    pub window_s: i64,
+}
+
+impl Default for EnrollLimits {
+    fn default() -> Self {
+        EnrollLimits { max_failures: 10, window_s: 300 }
+    }
+}
+
+/// Everything `serve` needs.
+#[derive(Clone)]
+pub struct Config {
+    pub listen: SocketAddr,
+    pub data_dir: PathBuf,
+    pub tls: Option<TlsFiles>,
+    /// Allows plain HTTP on a non-loopback address.
+    pub insecure_allow_plaintext: bool,
+    /// The admin token; when `None` it is read from (or made in) `<data-dir>/admin.token`.
+    pub admin_token: Option<String>,
+    pub enroll_limits: EnrollLimits,
+    pub clock: Arc<dyn Clock>,
+    /// How long in-flight requests may take to finish once shutdown starts.
+    pub shutdown_grace: std::time::Duration,
+}
+
+impl std::fmt::Debug for Config {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Config")
+            .field("listen", &self.listen)
+            .field("data_dir", &self.data_dir)
+            .field("tls", &self.tls)
+            .field("insecure_allow_plaintext", &self.insecure_allow_plaintext)
+            .field("admin_token", &self.admin_token.as_ref().map(|_| "<redacted>"))
+            .field("enroll_limits", &self.enroll_limits)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Config {
+    /// Defaults: `127.0.0.1:8080`, plain HTTP, system clock.
+    pub fn new(data_dir: PathBuf) -> Config {
+        Config {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            data_dir,
+            tls: None,
+            insecure_allow_plaintext: false,
+            admin_token: None,
+            enroll_limits: EnrollLimits::default(),
+            clock: Arc::new(SystemClock),
+            shutdown_grace: std::time::Duration::from_secs(10),
+        }
+    }
+}
+
+/// The database file inside a data dir.
+pub fn db_path(data_dir: &std::path::Path) -> PathBuf {
+    data_dir.join("hub.db")
+}
+
+/// Creates the data dir if needed and opens its database.
+pub fn open_storage(data_dir: &std::path::Path) -> anyhow::Result<SqliteStorage> {
+    std::fs::create_dir_all(data_dir).with_context(|| format!("creating data dir {}", data_dir.display()))?;
+    let path = db_path(data_dir);
+    SqliteStorage::open(&path).with_context(|| format!("opening database {}", path.display()))
+}
+
+/// Binds, prints `listening on http(s)://ADDR` to stdout, and serves until `shutdown` is cancelled.
+pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
+    let server = bind(config).await?;
+    {
+        use std::io::Write as _;
+        let mut out = std::io::stdout().lock();
+        writeln!(out, "listening on {}", server.url()).context("writing to stdout")?;
+        out.flush().context("flushing stdout")?;
+    }
+    server.serve(shutdown).await
+}

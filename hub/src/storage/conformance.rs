@@ -1,0 +1,334 @@
+//! The conformance suite every [`Storage`] backend must pass.
+//!
+//! Design note: the tests are generic over the trait and take a factory that returns a fresh, empty backend, so
+//! a PostgreSQL backend runs exactly these cases by calling [`run_all`] with its own factory. Ingest cases are
+//! table-driven through one `check()` helper: start from a till holding `stored` events, upload a batch, compare
+//! the answer and the resulting chain head.
+
+use serde_json::json;
+use storesync_shared::canonical::ChainInput;
+use storesync_shared::event::EventKind;
+use storesync_shared::wire::{JournalEvent, UploadRequest};
+use storesync_shared::{canonical_json, event_hash, genesis_hash};
+use uuid::Uuid;
+
+use super::{IngestError, NewEnrollment, RedeemError, Storage, TillId};
+
+const NOW: i64 = 1_800_000_000;
+
+/// A valid journal of `n` sales of a till, seqs 1..=n, with deterministic event ids (salted by `salt`).
+pub(crate) fn chain(till: &TillId, n: u64, salt: u8) -> Vec<JournalEvent> {
+    let mut prev = genesis_hash(&till.store, &till.till);
+    (1..=n)
+        .map(|seq| {
+            let body = json!({
+                "occurred_at": "2026-11-26T14:05:00+01:00",
+                "currency": "EUR",
+                "lines": [{"sku": format!("SKU-{seq}"), "qty": 1, "unit_price_minor": 100 + salt as i64}],
+                "payments": [{"method": "card", "amount_minor": 100 + salt as i64}]
+            });
+            let mut id = [0u8; 16];
+            id[0] = salt;
+            id[8..].copy_from_slice(&seq.to_be_bytes());
+            let event_id = Uuid::from_bytes(id);
+            let canon = canonical_json(&body);
+            let hash = event_hash(&ChainInput {
+                store: &till.store,
+                till: &till.till,
+                seq,
+                event_id,
+                kind: EventKind::Sale,
+                body: &canon,
+                prev_hash: &prev,
+            });
+            let e = JournalEvent {
+                seq,
+                event_id,
+                kind: EventKind::Sale,
+                occurred_at: "2026-11-26T14:05:00+01:00".into(),
+                body,
+                prev_hash: prev.clone(),
+                hash: hash.clone(),
+            };
+            prev = hash;
+            e
+        })
+        .collect()
+}
+
+pub(crate) fn upload(journal_id: Uuid, events: &[JournalEvent]) -> UploadRequest {
+    UploadRequest {
+        journal_id,
+        agent_version: "test/1".into(),
+        backlog: 0,
+        oldest_unsynced_age_s: 0,
+        last_seq: events.last().map_or(0, |e| e.seq),
+        events: events.to_vec(),
+    }
+}
+
+fn journal() -> Uuid {
+    Uuid::from_u128(0x1234)
+}
+
+fn enroll<S: Storage>(s: &S, store: &str, till: &str, code: &str, cred: &str) -> TillId {
+    let id = TillId { store: store.into(), till: till.into() };
+    s.create_enrollment(&NewEnrollment {
+        code_hash: code.into(),
+        till: id.clone(),
+        created_at: NOW,
+        expires_at: NOW + 3600,
+    })
+    .unwrap();
+    assert_eq!(s.redeem_enrollment(code, cred, "test/1", NOW).unwrap(), id);
+    id
+}
+
+/// An enrolled till `S1/T1` holding events 1..=n.
+pub(crate) fn enrolled_with_events<S: Storage>(s: &S, n: u64) -> TillId {
+    let till = enroll(s, "S1", "T1", "code-1", "cred-1");
+    if n > 0 {
+        let ack = s.append_batch(&till, &upload(journal(), &chain(&till, n, 0)), NOW).unwrap();
+        assert_eq!(ack.acked_through, n);
+    }
+    till
+}
+
+/// Runs every conformance test, each on a fresh backend from `fresh`.
+pub(crate) fn run_all<S: Storage>(mut fresh: impl FnMut() -> S) {
+    enrolment_codes_are_one_time_and_expire(&fresh());
+    reenrolment_revokes_the_old_credential(&fresh());
+    revoke_ends_access(&fresh());
+    ingest_cases(&mut fresh);
+    refused_batches_store_nothing_and_mark_the_till(&fresh());
+    journal_id_is_pinned_once_events_exist(&fresh());
+    duplicate_event_id_is_refused(&fresh());
+    tills_are_isolated(&fresh());
+    events_page_in_hub_order(&fresh());
+    failed_attempts_are_counted(&fresh());
+}
+
+fn enrolment_codes_are_one_time_and_expire<S: Storage>(s: &S) {
+    let till = TillId { store: "S1".into(), till: "T1".into() };
+    for (code, expires) in [("a", NOW + 10), ("b", NOW)] {
+        s.create_enrollment(&NewEnrollment {
+            code_hash: code.into(),
+            till: till.clone(),
+            created_at: NOW - 10,
+            expires_at: expires,
+        })
+        .unwrap();
+    }
+    let views = s.list_stores().unwrap();
+    assert!(!views[0].tills[0].enrolled, "a till with only a code is not enrolled yet");
+    assert!(matches!(s.redeem_enrollment("nope", "c0", "", NOW), Err(RedeemError::InvalidCode)));
+    assert!(matches!(s.redeem_enrollment("b", "c0", "", NOW), Err(RedeemError::Expired)));
+    assert_eq!(s.redeem_enrollment("a", "c1", "v1", NOW).unwrap(), till);
+    assert!(matches!(s.redeem_enrollment("a", "c2", "", NOW), Err(RedeemError::Used)));
+    assert_eq!(s.authenticate("c1").unwrap(), Some(till.clone()));
+    assert_eq!(s.authenticate("c2").unwrap(), None);
+    assert_eq!(s.authenticate("c0").unwrap(), None);
+    let views = s.list_stores().unwrap();
+    assert!(views[0].tills[0].enrolled);
+    assert_eq!(views[0].tills[0].version, "v1");
+}
+
+fn reenrolment_revokes_the_old_credential<S: Storage>(s: &S) {
+    let till = enroll(s, "S1", "T1", "code-1", "cred-1");
+    enroll(s, "S1", "T1", "code-2", "cred-2");
+    assert_eq!(s.authenticate("cred-1").unwrap(), None);
+    assert_eq!(s.authenticate("cred-2").unwrap(), Some(till));
+}
+
+fn revoke_ends_access<S: Storage>(s: &S) {
+    let till = enroll(s, "S1", "T1", "code-1", "cred-1");
+    s.create_enrollment(&NewEnrollment {
+        code_hash: "pending".into(),
+        till: till.clone(),
+        created_at: NOW,
+        expires_at: NOW + 60,
+    })
+    .unwrap();
+    assert!(s.revoke(&till, NOW).unwrap());
+    assert_eq!(s.authenticate("cred-1").unwrap(), None);
+    assert!(
+        matches!(s.redeem_enrollment("pending", "cred-x", "", NOW), Err(RedeemError::Used)),
+        "codes issued before a revoke die with it"
+    );
+    let view = &s.list_stores().unwrap()[0].tills[0];
+    assert!(view.revoked);
+    assert!(!s.revoke(&TillId { store: "S9".into(), till: "T9".into() }, NOW).unwrap());
+    // A fresh code brings the till back.
+    enroll(s, "S1", "T1", "code-3", "cred-3");
+    assert!(!s.list_stores().unwrap()[0].tills[0].revoked);
+}
+
+/// What one ingest case should answer.
+#[derive(Debug)]
+enum Want {
+    Ack(u64),
+    Err(&'static str),
+}
+
+fn ingest_cases<S: Storage>(fresh: &mut impl FnMut() -> S) {
+    let t = TillId { store: "S1".into(), till: "T1".into() };
+    let full = chain(&t, 8, 0);
+    let fork = chain(&t, 8, 7);
+    let slice = |a: u64, b: u64| full[(a - 1) as usize..b as usize].to_vec();
+    let mut tampered = slice(5, 6);
+    tampered[1].body["lines"][0]["qty"] = json!(2);
+    let mut badlink = slice(5, 6);
+    badlink[0].prev_hash = "00".repeat(32);
+    let mut reordered = slice(5, 7);
+    reordered.swap(1, 2);
+    let mut invalid_body = slice(5, 5);
+    invalid_body[0].body["currency"] = json!("XXX");
+
+    let mut check = |name: &str, stored: u64, batch: Vec<JournalEvent>, want: Want| {
+        let s = fresh();
+        let till = enrolled_with_events(&s, stored);
+        let got = s.append_batch(&till, &upload(journal(), &batch), NOW);
+        let head = s.till_state(&till).unwrap().unwrap();
+        match (&want, &got) {
+            (Want::Ack(n), Ok(ack)) => {
+                assert_eq!(ack.acked_through, *n, "{name}");
+                assert_eq!(head.hub_seq, *n, "{name}");
+                assert_eq!(ack.last_hash, full[(*n - 1) as usize].hash, "{name}");
+            }
+            (Want::Err(code), Err(e)) => {
+                assert_eq!(e.code(), *code, "{name}: {e}");
+                assert_eq!(head.hub_seq, stored, "{name}: a refused batch stores nothing");
+            }
+            _ => panic!("{name}: wanted {want:?}, got {got:?}"),
+        }
+        let events = s.list_events(None, 0, 1000).unwrap();
+        let seqs: Vec<u64> = events.iter().map(|e| e.seq).collect();
+        assert_eq!(seqs, (1..=head.hub_seq).collect::<Vec<_>>(), "{name}: no gaps, no duplicates");
+    };
+
+    check("append to empty", 0, slice(1, 3), Want::Ack(3));
+    check("append to tail", 4, slice(5, 8), Want::Ack(8));
+    check("heartbeat", 4, vec![], Want::Ack(4));
+    check("exact replay", 4, slice(1, 4), Want::Ack(4));
+    check("replay of a middle part", 4, slice(2, 3), Want::Ack(4));
+    check("overlap the end", 4, slice(3, 6), Want::Ack(6));
+    check("overlap from 1", 4, slice(1, 8), Want::Ack(8));
+    check("gap", 4, slice(6, 7), Want::Err("seq_gap"));
+    check("fork below the tail", 4, fork[1..3].to_vec(), Want::Err("sequence_regression"));
+    check("fork in the overlap", 4, [slice(3, 3), fork[3..6].to_vec()].concat(), Want::Err("sequence_regression"));
+    check("tampered body", 4, tampered, Want::Err("chain_broken"));
+    check("broken link", 4, badlink, Want::Err("chain_broken"));
+    check("invalid body", 4, invalid_body, Want::Err("chain_broken"));
+    check("reordered", 4, reordered, Want::Err("not_consecutive"));
+    check("seq zero", 0, vec![JournalEvent { seq: 0, ..full[0].clone() }], Want::Err("invalid_seq"));
+    check(
+        "other till's chain",
+        0,
+        chain(&TillId { store: "S2".into(), till: "T1".into() }, 2, 0),
+        Want::Err("chain_broken"),
+    );
+    let too_many = (0..=storesync_shared::wire::MAX_BATCH_EVENTS).map(|_| full[0].clone()).collect();
+    check("too many", 0, too_many, Want::Err("batch_too_large"));
+}
+
+fn refused_batches_store_nothing_and_mark_the_till<S: Storage>(s: &S) {
+    let till = enrolled_with_events(s, 2);
+    let mut batch = chain(&till, 5, 0)[2..].to_vec(); // seqs 3..=5, the last one broken
+    batch[2].hash = "ff".repeat(32);
+    let err = s.append_batch(&till, &upload(journal(), &batch), NOW + 5).unwrap_err();
+    assert!(matches!(err, IngestError::ChainBroken { seq: 5, .. }), "{err:?}");
+    assert_eq!(s.list_events(None, 0, 100).unwrap().len(), 2, "seqs 3 and 4 were not kept either");
+    let view = s.list_stores().unwrap()[0].tills[0].clone();
+    assert!(!view.chain_ok);
+    assert!(view.last_error.as_deref().unwrap_or("").starts_with("chain_broken"));
+    assert_eq!(view.last_seen, Some(NOW + 5));
+    // A good batch heals it and records the till's report.
+    let mut req = upload(journal(), &chain(&till, 5, 0)[2..]);
+    req.backlog = 7;
+    req.oldest_unsynced_age_s = 42;
+    req.last_seq = 12;
+    req.agent_version = "test/2".into();
+    assert_eq!(s.append_batch(&till, &req, NOW + 9).unwrap().acked_through, 5);
+    let view = s.list_stores().unwrap()[0].tills[0].clone();
+    assert!(view.chain_ok);
+    assert_eq!(view.last_error, None);
+    assert_eq!(
+        (view.last_seen, view.backlog, view.oldest_unsynced_age_s, view.last_seq, view.hub_seq),
+        (Some(NOW + 9), 7, 42, 12, 5)
+    );
+    assert_eq!(view.version, "test/2");
+}
+
+fn journal_id_is_pinned_once_events_exist<S: Storage>(s: &S) {
+    let till = enroll(s, "S1", "T1", "code-1", "cred-1");
+    let other = Uuid::from_u128(0x9999);
+    // Heartbeats before any event do not pin a journal.
+    s.append_batch(&till, &upload(other, &[]), NOW).unwrap();
+    s.append_batch(&till, &upload(journal(), &chain(&till, 2, 0)), NOW).unwrap();
+    assert_eq!(s.till_state(&till).unwrap().unwrap().journal_id, Some(journal()));
+    let err = s.append_batch(&till, &upload(other, &chain(&till, 3, 0)[2..]), NOW).unwrap_err();
+    assert_eq!(err.code(), "journal_mismatch");
+}
+
+fn duplicate_event_id_is_refused<S: Storage>(s: &S) {
+    let till = enrolled_with_events(s, 2);
+    // A valid seq 3 that reuses the event_id of seq 1.
+    let events = chain(&till, 2, 0);
+    let mut prev = events[1].hash.clone();
+    let body = events[0].body.clone();
+    let canon = canonical_json(&body);
+    let hash = event_hash(&ChainInput {
+        store: &till.store,
+        till: &till.till,
+        seq: 3,
+        event_id: events[0].event_id,
+        kind: EventKind::Sale,
+        body: &canon,
+        prev_hash: &prev,
+    });
+    let dup = JournalEvent { seq: 3, prev_hash: std::mem::take(&mut prev), hash, ..events[0].clone() };
+    let err = s.append_batch(&till, &upload(journal(), &[dup]), NOW).unwrap_err();
+    assert!(matches!(err, IngestError::DuplicateEventId { seq: 3, stored_seq: 1, .. }), "{err:?}");
+    assert_eq!(s.till_state(&till).unwrap().unwrap().hub_seq, 2);
+}
+
+fn tills_are_isolated<S: Storage>(s: &S) {
+    let a = enroll(s, "A", "T1", "code-a", "cred-a");
+    let b = enroll(s, "B", "T1", "code-b", "cred-b");
+    // Till B cannot upload A's chain: the hashes bind the store and till.
+    let err = s.append_batch(&b, &upload(journal(), &chain(&a, 1, 0)), NOW).unwrap_err();
+    assert_eq!(err.code(), "chain_broken");
+    s.append_batch(&a, &upload(journal(), &chain(&a, 2, 0)), NOW).unwrap();
+    s.append_batch(&b, &upload(journal(), &chain(&b, 1, 0)), NOW).unwrap();
+    assert_eq!(s.till_state(&a).unwrap().unwrap().hub_seq, 2);
+    assert_eq!(s.till_state(&b).unwrap().unwrap().hub_seq, 1);
+    let only_b = s.list_events(Some("B"), 0, 100).unwrap();
+    assert_eq!(only_b.len(), 1);
+    assert!(only_b.iter().all(|e| e.store == "B"));
+}
+
+fn events_page_in_hub_order<S: Storage>(s: &S) {
+    let till = enrolled_with_events(s, 5);
+    let mut after = 0;
+    let mut seen = Vec::new();
+    loop {
+        let page = s.list_events(None, after, 2).unwrap();
+        let Some(last) = page.last() else { break };
+        after = last.hub_pos;
+        seen.extend(page.iter().map(|e| e.seq));
+    }
+    assert_eq!(seen, vec![1, 2, 3, 4, 5]);
+    let first = &s.list_events(None, 0, 1).unwrap()[0];
+    assert_eq!(first.till, till.till);
+    assert_eq!(first.body.as_bytes(), canonical_json(&chain(&till, 1, 0)[0].body));
+}
+
+fn failed_attempts_are_counted<S: Storage>(s: &S) {
+    for i in 0..3 {
+        s.record_failed_attempt("10.0.0.1", NOW + i).unwrap();
+    }
+    s.record_failed_attempt("10.0.0.2", NOW).unwrap();
+    assert_eq!(s.failed_attempts_since("10.0.0.1", NOW).unwrap(), (3, Some(NOW)));
+    assert_eq!(s.failed_attempts_since("10.0.0.1", NOW + 1).unwrap(), (2, Some(NOW + 1)));
+    assert_eq!(s.failed_attempts_since("10.0.0.3", 0).unwrap(), (0, None));
+}

@@ -1,0 +1,207 @@
+//! The hub's storage: one trait, one SQLite backend, one conformance suite.
+//!
+//! Design note:
+//! - Every [`Storage`] method is **one transaction** and **blocking**. The HTTP layer calls them from
+//!   `tokio::task::spawn_blocking`, never on the async runtime, and no connection lives across an `.await`.
+//!   A PostgreSQL backend can implement the same trait with a blocking client (or `block_on` inside the
+//!   blocking pool) and run the same [`conformance`] tests.
+//! - Exactly-once ingest (DESIGN-NOTES §2) is enforced by the database, not by process-local locks: the till
+//!   row is read and conditionally updated (`... WHERE hub_seq = ?old`) inside one write transaction
+//!   (`BEGIN IMMEDIATE` on SQLite, `SELECT ... FOR UPDATE` on PostgreSQL), and events carry the unique keys
+//!   `(store, till, seq)` and `(store, till, event_id)`. Several hub instances on one PostgreSQL database
+//!   therefore cannot interleave two batches of one till.
+//! - Secrets are never stored: enrolment codes and till credentials are kept as SHA-256 hex digests.
+//! - Time is passed in (`now`, unix seconds) so that callers own the clock and tests can move it.
+//! - A refused upload still records the till's health (last seen, backlog, `chain_ok`, `last_error`) in the
+//!   same transaction; the refused events themselves are rolled back to a savepoint, so nothing of a refused
+//!   batch is ever stored.
+
+pub mod sqlite;
+
+use storesync_shared::wire::{TillState, UploadAck, UploadRequest};
+
+/// A till as named by its credential.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct TillId {
+    pub store: String,
+    pub till: String,
+}
+
+/// A one-time enrolment code to be stored (by hash only).
+#[derive(Debug, Clone)]
+pub struct NewEnrollment {
+    pub code_hash: String,
+    pub till: TillId,
+    pub created_at: i64,
+    pub expires_at: i64,
+}
+
+/// One till in the fleet view.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TillView {
+    pub till: String,
+    pub last_seen: Option<i64>,
+    /// The last seq the till reported having.
+    pub last_seq: u64,
+    /// The last seq stored at the hub.
+    pub hub_seq: u64,
+    pub backlog: u64,
+    pub oldest_unsynced_age_s: u64,
+    pub version: String,
+    pub chain_ok: bool,
+    pub last_error: Option<String>,
+    pub enrolled: bool,
+    pub revoked: bool,
+}
+
+/// One store and its tills in the fleet view.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoreView {
+    pub store: String,
+    pub tills: Vec<TillView>,
+}
+
+/// One stored journal event in hub order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredEvent {
+    /// Position in the hub's global order; strictly increasing, never reused.
+    pub hub_pos: i64,
+    pub event_id: uuid::Uuid,
+    pub store: String,
+    pub till: String,
+    pub seq: u64,
+    pub kind: String,
+    pub occurred_at: String,
+    /// The canonical JSON of the body.
+    pub body: String,
+    pub hash: String,
+}
+
+/// A failure of the storage backend itself.
+#[derive(Debug, thiserror::Error)]
+pub enum StorageError {
+    /// The database is locked by another writer for longer than the busy timeout: retry later.
+    #[error("database is busy")]
+    Busy,
+    /// Another writer changed the till while this transaction ran: retry.
+    #[error("concurrent update of the till, retry")]
+    Conflict,
+    #[error("storage backend failed: {0}")]
+    Backend(#[source] Box<dyn std::error::Error + Send + Sync>),
+}
+
+impl StorageError {
+    /// Whether retrying the same call later can succeed.
+    pub fn is_retryable(&self) -> bool {
+        matches!(self, StorageError::Busy | StorageError::Conflict)
+    }
+}
+
+/// Why an enrolment code was not redeemed.
+#[derive(Debug, thiserror::Error)]
+pub enum RedeemError {
+    #[error("unknown enrolment code")]
+    InvalidCode,
+    #[error("enrolment code has expired")]
+    Expired,
+    #[error("enrolment code has already been used")]
+    Used,
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+}
+
+/// Why an upload batch was refused. Nothing of a refused batch is stored.
+#[derive(Debug, thiserror::Error)]
+pub enum IngestError {
+    #[error("batch has {n} events, more than the {max} allowed")]
+    BatchTooLarge { n: usize, max: usize },
+    #[error("seq {seq} does not follow the event before it in the batch")]
+    NotConsecutive { seq: u64 },
+    #[error("journal seqs start at 1")]
+    ZeroSeq,
+    #[error("the hub holds events of journal {recorded} but the batch is of journal {sent}")]
+    JournalMismatch { recorded: uuid::Uuid, sent: uuid::Uuid },
+    #[error("batch starts at seq {first}; the hub expects seq {expected}")]
+    SeqGap { first: u64, expected: u64 },
+    #[error("seq {seq} differs from the event the hub already holds at that seq")]
+    SequenceRegression { seq: u64 },
+    #[error("{detail}")]
+    ChainBroken { seq: u64, detail: String },
+    #[error("seq {seq}: event_id {event_id} is already stored at seq {stored_seq}")]
+    DuplicateEventId { seq: u64, event_id: uuid::Uuid, stored_seq: u64 },
+    #[error("till is not known to the hub")]
+    UnknownTill,
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+}
+
+impl IngestError {
+    /// The stable machine-readable code of this refusal.
+    pub fn code(&self) -> &'static str {
+        match self {
+            IngestError::BatchTooLarge { .. } => "batch_too_large",
+            IngestError::NotConsecutive { .. } => "not_consecutive",
+            IngestError::ZeroSeq => "invalid_seq",
+            IngestError::JournalMismatch { .. } => "journal_mismatch",
+            IngestError::SeqGap { .. } => "seq_gap",
+            IngestError::SequenceRegression { .. } => "sequence_regression",
+            IngestError::ChainBroken { .. } => "chain_broken",
+            IngestError::DuplicateEventId { .. } => "duplicate_event_id",
+            IngestError::UnknownTill => "unknown_till",
+            IngestError::Storage(_) => "storage_unavailable",
+        }
+    }
+
+    /// Whether this refusal means the till's chain cannot be continued as sent (shown as `chain_ok = false`).
+    pub fn breaks_chain(&self) -> bool {
+        matches!(
+            self,
+            IngestError::SequenceRegression { .. }
+                | IngestError::ChainBroken { .. }
+                | IngestError::JournalMismatch { .. }
+                | IngestError::DuplicateEventId { .. }
+        )
+    }
+}
+
+/// Everything the hub persists. See the module note for the contract every backend keeps.
+pub trait Storage: Send + Sync + 'static {
+    /// Stores a one-time enrolment code and makes the till known (not yet enrolled).
+    fn create_enrollment(&self, enrollment: &NewEnrollment) -> Result<(), StorageError>;
+
+    /// Redeems a code: marks it used, revokes the till's previous credentials and stores the new one.
+    fn redeem_enrollment(
+        &self,
+        code_hash: &str,
+        credential_hash: &str,
+        agent_version: &str,
+        now: i64,
+    ) -> Result<TillId, RedeemError>;
+
+    /// The till owning an unrevoked credential with this hash.
+    fn authenticate(&self, credential_hash: &str) -> Result<Option<TillId>, StorageError>;
+
+    /// Revokes every credential of a till. Returns false when the till is unknown.
+    fn revoke(&self, till: &TillId, now: i64) -> Result<bool, StorageError>;
+
+    /// Ingests one upload batch of a till (DESIGN-NOTES §2) and records the till's health.
+    fn append_batch(&self, till: &TillId, req: &UploadRequest, now: i64) -> Result<UploadAck, IngestError>;
+
+    /// Where the hub stands for a till.
+    fn till_state(&self, till: &TillId) -> Result<Option<TillState>, StorageError>;
+
+    /// The fleet view: every known store and till, sorted by store then till.
+    fn list_stores(&self) -> Result<Vec<StoreView>, StorageError>;
+
+    /// Events after `after` (a hub position; 0 = from the start) in hub order, optionally of one store.
+    fn list_events(&self, store: Option<&str>, after: i64, limit: usize) -> Result<Vec<StoredEvent>, StorageError>;
+
+    /// Counts one failed enrolment attempt from a client.
+    fn record_failed_attempt(&self, client: &str, now: i64) -> Result<(), StorageError>;
+
+    /// Failed attempts of a client at or after `since`: their count and the time of the oldest.
+    fn failed_attempts_since(&self, client: &str, since: i64) -> Result<(u32, Option<i64>), StorageError>;
+}
+
+#[cfg(test)]
+pub(crate) mod conformance;
