@@ -94,6 +94,7 @@ pub fn router(state: Arc<AgentState>) -> Router {
         .route("/v1/prices/{sku}", get(price))
         .route("/v1/journal", get(journal))
         .route("/v1/status", get(status))
+        .route("/v1/sync/now", post(sync_now))
         .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such endpoint") })
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(state)
@@ -106,7 +107,10 @@ async fn write(State(s): State<Arc<AgentState>>, ty: BodyType, Body(bytes): Body
         ApiError::new(status, e.code, e.detail)
     })?;
     let (status, receipt): (StatusCode, Receipt) = match s.journal.append(event_id, body).await? {
-        AppendOutcome::Created(r) => (StatusCode::CREATED, r),
+        AppendOutcome::Created(r) => {
+            s.sync_wake.notify_one();
+            (StatusCode::CREATED, r)
+        }
         AppendOutcome::Existing(r) => (StatusCode::OK, r),
     };
     Ok((status, Json(receipt)).into_response())
@@ -208,4 +212,43 @@ pub async fn status_value(s: &Arc<AgentState>) -> Result<serde_json::Value, ApiE
         obj.insert("queue_depth".into(), json!(s.journal.queue_depth()));
     }
     Ok(v)
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SyncNowQuery {
+    #[serde(default = "default_sync_wait")]
+    wait_s: u64,
+}
+
+fn default_sync_wait() -> u64 {
+    60
+}
+
+/// `POST /v1/sync/now?wait_s=N`: syncs at once, waiting up to `wait_s` seconds for the backlog to drain or for
+/// the hub to answer with an error, and answers the status.
+async fn sync_now(
+    State(s): State<Arc<AgentState>>,
+    q: Result<Query<SyncNowQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let Query(q) = q.map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "bad_query", e.body_text()))?;
+    if s.sync_status().hub_url.is_none() && crate::credential::load(&s.data_dir).ok().flatten().is_none() {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "not_enrolled",
+            "this till is not enrolled with a hub; run `storesync-agent enroll` first",
+        ));
+    }
+    let mut rounds = s.sync_rounds.subscribe();
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(q.wait_s.min(3600));
+    s.sync_now.notify_one();
+    s.sync_wake.notify_one();
+    loop {
+        let changed = tokio::time::timeout_at(deadline, rounds.changed()).await;
+        let v = status_value(&s).await?;
+        let drained = v["unsynced"].as_u64() == Some(0) && v["hub"] == "reachable";
+        if drained || v["last_error"].is_string() || !matches!(changed, Ok(Ok(()))) {
+            return Ok(Json(v));
+        }
+    }
 }

@@ -38,6 +38,7 @@ pub struct Config {
     pub store_id: Option<String>,
     pub till_id: Option<String>,
     pub upload_batch_events: usize,
+    pub sync: crate::sync::SyncConfig,
 }
 
 /// Platform directories for a user-mode agent.
@@ -99,6 +100,7 @@ impl Config {
             store_id: o.store_id.or(file.store_id),
             till_id: o.till_id.or(file.till_id),
             upload_batch_events,
+            sync: crate::sync::SyncConfig { batch_events: upload_batch_events, ..Default::default() },
         })
     }
 
@@ -110,6 +112,7 @@ impl Config {
             store_id: None,
             till_id: None,
             upload_batch_events: storesync_shared::wire::MAX_BATCH_EVENTS,
+            sync: crate::sync::SyncConfig::default(),
         }
     }
 }

@@ -6,14 +6,19 @@
 
 pub mod api;
 pub mod config;
+pub mod credential;
 pub mod journal;
+pub mod sync;
 
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
 use anyhow::Context;
 use serde::Serialize;
 use time::OffsetDateTime;
+use tokio::sync::{Notify, watch};
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use crate::config::Config;
 use crate::journal::{IdentityClaim, Journal};
@@ -39,7 +44,14 @@ pub struct SyncStatus {
 /// Everything the API handlers and background tasks share.
 pub struct AgentState {
     pub journal: Journal,
+    pub data_dir: PathBuf,
     pub sync: Mutex<SyncStatus>,
+    /// Poked after every newly journaled event, and after an enrolment.
+    pub sync_wake: Notify,
+    /// Poked by `sync-now`: cuts any backoff short.
+    pub sync_now: Notify,
+    /// Counts sync status updates, so `sync-now` can wait for the next one.
+    pub sync_rounds: watch::Sender<u64>,
 }
 
 impl AgentState {
@@ -56,19 +68,40 @@ impl AgentState {
 /// Runs the agent until `shutdown` is cancelled: SIGTERM, ctrl-c and a service stop all cancel the same token.
 /// In-flight requests are drained, then the journal writer commits what it holds and stops.
 pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
-    let claim = IdentityClaim { store_id: config.store_id.clone(), till_id: config.till_id.clone() };
+    // An enrolled till takes its identity from its credential; flags and config only name it before enrolment.
+    let cred = credential::load(&config.data_dir)?;
+    let claim = match &cred {
+        Some(c) => {
+            for (what, flag, bound) in [("store", &config.store_id, &c.store_id), ("till", &config.till_id, &c.till_id)]
+            {
+                if let Some(flag) = flag
+                    && flag != bound
+                {
+                    anyhow::bail!("this till is enrolled as {what} {bound:?}; drop --{what}-id {flag:?}");
+                }
+            }
+            IdentityClaim { store_id: Some(c.store_id.clone()), till_id: Some(c.till_id.clone()) }
+        }
+        None => IdentityClaim { store_id: config.store_id.clone(), till_id: config.till_id.clone() },
+    };
     let (journal, writer) = Journal::open(&config.data_dir, &claim)?;
     let identity = journal.identity().clone();
     tracing::info!(store_id = %identity.store_id, till_id = %identity.till_id, data_dir = %config.data_dir.display(), "journal open");
     let state = Arc::new(AgentState {
         journal,
+        data_dir: config.data_dir.clone(),
         sync: Mutex::new(SyncStatus {
             hub: HubReach::NotConfigured,
             hub_url: None,
             last_sync_at: None,
             last_error: None,
         }),
+        sync_wake: Notify::new(),
+        sync_now: Notify::new(),
+        sync_rounds: watch::channel(0).0,
     });
+    let tasks = TaskTracker::new();
+    tasks.spawn(sync::run(state.clone(), config.sync.clone(), shutdown.clone()));
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("binding the POS API to {}", config.listen))?;
@@ -79,6 +112,10 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     let app = api::router(state.clone());
     let serve = axum::serve(listener, app).with_graceful_shutdown(shutdown.clone().cancelled_owned());
     let result = serve.await.context("serving the POS API");
+    // The server has drained; make sure every background task stops too, then let go of the journal.
+    shutdown.cancel();
+    tasks.close();
+    tasks.wait().await;
     drop(state);
     // Every handle is gone: the writer drains its queue, commits, and ends.
     let joined = tokio::task::spawn_blocking(move || writer.join()).await;

@@ -44,6 +44,27 @@ enum Command {
         #[arg(long, env = "STORESYNC_TILL_ID", requires = "store_id")]
         till_id: Option<String>,
     },
+    /// Exchange a one-time enrolment code for this till's credential.
+    Enroll {
+        /// The hub's URL, e.g. https://hub.example.com:8080.
+        #[arg(long, env = "STORESYNC_HUB_URL")]
+        hub: String,
+        /// The one-time code from `storesync-hub enroll-code`.
+        #[arg(long)]
+        code: String,
+        /// A CA certificate (PEM) the hub's certificate chains to, when it is not publicly trusted.
+        #[arg(long)]
+        ca_cert: Option<PathBuf>,
+    },
+    /// Sync with the hub now, through the running agent, and wait for the backlog to drain.
+    SyncNow {
+        /// The running agent's POS API address.
+        #[arg(long, env = "STORESYNC_LISTEN")]
+        listen: Option<String>,
+        /// Give up waiting after this many seconds.
+        #[arg(long, default_value_t = 300)]
+        wait_s: u64,
+    },
     /// Show the journal and sync status.
     Status {
         /// Print JSON instead of the human view.
@@ -114,6 +135,40 @@ fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
                 storesync_agent::run(config, shutdown).await
             })?;
             Ok(ExitCode::SUCCESS)
+        }
+        Command::Enroll { hub, code, ca_cert } => {
+            let config = Config::resolve(file, overrides)?;
+            let rt = tokio::runtime::Runtime::new().context("starting the tokio runtime")?;
+            let cred =
+                rt.block_on(storesync_agent::credential::enroll(&config.data_dir, &hub, &code, ca_cert.as_deref()))?;
+            println!("enrolled as store {} till {} with hub {}", cred.store_id, cred.till_id, cred.hub_url);
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::SyncNow { listen, wait_s } => {
+            overrides.listen = listen;
+            let config = Config::resolve(file, overrides)?;
+            let rt = tokio::runtime::Runtime::new().context("starting the tokio runtime")?;
+            let v: serde_json::Value = rt.block_on(async {
+                let url = format!("http://{}/v1/sync/now?wait_s={wait_s}", config.listen);
+                let resp = reqwest::Client::new()
+                    .post(&url)
+                    .timeout(std::time::Duration::from_secs(wait_s + 30))
+                    .send()
+                    .await
+                    .with_context(|| format!("reaching the running agent at {url} (is `storesync-agent run` up?)"))?;
+                let status = resp.status();
+                let v: serde_json::Value = resp.json().await.context("reading the agent's answer")?;
+                if !status.is_success() {
+                    anyhow::bail!("{}: {}", v["error"].as_str().unwrap_or("error"), v["detail"].as_str().unwrap_or(""));
+                }
+                Ok(v)
+            })?;
+            println!("hub: {}  unsynced: {}  last sync: {}", v["hub"], v["unsynced"], v["last_sync_at"]);
+            if let Some(e) = v["last_error"].as_str() {
+                eprintln!("last error: {e}");
+            }
+            let ok = v["unsynced"].as_u64() == Some(0) && v["last_error"].is_null();
+            Ok(if ok { ExitCode::SUCCESS } else { ExitCode::FAILURE })
         }
         Command::Status { json } => {
             let config = Config::resolve(file, overrides)?;

@@ -1,0 +1,436 @@
+//! Background upload of the journal to the hub: exactly once, never blocking the POS API.
+//!
+//! # How exactly-once holds
+//! The hub keeps each till's last stored seq and hash, and accepts a batch only if it continues that chain; a
+//! batch it already holds is acknowledged again without being stored twice (see the hub's storage note). This
+//! side only has to send runs of consecutive journal entries starting right after what the hub holds, and to mark
+//! entries synced when, and only when, the hub acknowledged them (`acked_through`, checked against the local
+//! hash at that seq). A lost response merely means the next batch is a duplicate or an overlap.
+//!
+//! # Failure handling
+//! - Network errors, timeouts and 5xx: `hub = unreachable`, retry with capped exponential backoff and full jitter.
+//! - 429/503 with `Retry-After`: wait that long plus jitter.
+//! - `seq_gap`: resend from the hub's `expected_seq` at once.
+//! - Refusals that resending cannot fix (`chain_broken`, `sequence_regression`, `journal_mismatch`, a revoked
+//!   credential): shown in the status as `last_error`, logged at `warn` on every attempt, retried with backoff so
+//!   an operator's fix on either side is picked up; they never block the POS API or the journal.
+//!
+//! The task holds no lock or connection across an `.await`; journal reads run on the blocking pool, and the
+//! "synced" mark goes through the journal writer like any other write.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use rand::Rng;
+use reqwest::StatusCode;
+use storesync_shared::wire::{ErrorBody, JournalEvent, TillState, UploadAck, UploadRefusal, UploadRequest};
+use time::OffsetDateTime;
+use tokio_util::sync::CancellationToken;
+
+use crate::credential::{self, Credential};
+use crate::journal::{journal_page, journal_status};
+use crate::{AgentState, HubReach};
+
+/// How the sync loop is tuned.
+#[derive(Debug, Clone)]
+pub struct SyncConfig {
+    /// At most this many events per upload.
+    pub batch_events: usize,
+    /// At most about this many bytes per upload.
+    pub batch_bytes: usize,
+    /// With nothing to send, report in this often.
+    pub heartbeat: Duration,
+    /// First retry delay; doubles up to `max_backoff`.
+    pub min_backoff: Duration,
+    pub max_backoff: Duration,
+    /// How long a request to the hub may take.
+    pub request_timeout: Duration,
+}
+
+impl Default for SyncConfig {
+    fn default() -> Self {
+        SyncConfig {
+            batch_events: storesync_shared::wire::MAX_BATCH_EVENTS,
+            batch_bytes: 1024 * 1024,
+            heartbeat: Duration::from_secs(15),
+            min_backoff: Duration::from_millis(250),
+            max_backoff: Duration::from_secs(60),
+            request_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+/// Capped exponential backoff with full jitter.
+struct Backoff {
+    next: Duration,
+    min: Duration,
+    max: Duration,
+}
+
+impl Backoff {
+    fn new(min: Duration, max: Duration) -> Backoff {
+        Backoff { next: min, min, max }
+    }
+
+    fn reset(&mut self) {
+        self.next = self.min;
+    }
+
+    fn delay(&mut self) -> Duration {
+        let cap = self.next;
+        self.next = (self.next * 2).min(self.max);
+        let ms = cap.as_millis().max(1) as u64;
+        Duration::from_millis(rand::rng().random_range(0..=ms))
+    }
+}
+
+/// What one upload round achieved.
+enum Round {
+    /// Nothing to send and no report due: the hub was not contacted.
+    Idle,
+    /// The hub holds everything this till journaled.
+    Drained,
+    /// Progress was made and more is waiting.
+    More,
+}
+
+/// Why a round failed.
+enum Failure {
+    /// The hub could not be reached or did not answer properly.
+    Unreachable(String),
+    /// The hub asked us to slow down.
+    SlowDown(Duration, String),
+    /// The hub refused the upload; resending the same thing will not help.
+    Refused(String),
+}
+
+fn retry_after(resp: &reqwest::Response) -> Duration {
+    resp.headers()
+        .get(reqwest::header::RETRY_AFTER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .map_or(Duration::from_secs(1), Duration::from_secs)
+}
+
+/// One connection to the hub with this till's credential.
+struct Link {
+    cred: Credential,
+    client: reqwest::Client,
+    /// What the hub holds for this till, as last learned.
+    hub_seq: Option<u64>,
+}
+
+impl Link {
+    fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.cred.hub_url)
+    }
+
+    async fn refusal(resp: reqwest::Response) -> (StatusCode, UploadRefusal) {
+        let status = resp.status();
+        let text = resp.text().await.unwrap_or_default();
+        let body = serde_json::from_str::<UploadRefusal>(&text).unwrap_or_else(|_| {
+            let e: Option<ErrorBody> = serde_json::from_str(&text).ok();
+            UploadRefusal {
+                error: e.as_ref().map_or_else(|| "http_error".to_owned(), |e| e.error.clone()),
+                detail: e.map_or_else(|| text.chars().take(200).collect(), |e| e.detail),
+                expected_seq: None,
+                seq: None,
+            }
+        });
+        (status, body)
+    }
+
+    fn classify(status: StatusCode, r: &UploadRefusal, wait: Duration) -> Failure {
+        let what = format!("{}: {}", r.error, r.detail);
+        if status == StatusCode::TOO_MANY_REQUESTS || status == StatusCode::SERVICE_UNAVAILABLE {
+            Failure::SlowDown(wait, what)
+        } else if status.is_server_error() {
+            Failure::Unreachable(format!("hub answered {status}: {what}"))
+        } else {
+            Failure::Refused(what)
+        }
+    }
+
+    async fn learn_hub_seq(&mut self, journal_id: &str) -> Result<u64, Failure> {
+        let resp = self
+            .client
+            .get(self.url("/v1/sync/state"))
+            .bearer_auth(&self.cred.credential)
+            .send()
+            .await
+            .map_err(|e| Failure::Unreachable(format!("{e:#}")))?;
+        if !resp.status().is_success() {
+            let wait = retry_after(&resp);
+            let (status, r) = Link::refusal(resp).await;
+            return Err(Link::classify(status, &r, wait));
+        }
+        let st: TillState = resp.json().await.map_err(|e| Failure::Unreachable(format!("reading sync state: {e}")))?;
+        if let Some(id) = st.journal_id
+            && id.to_string() != journal_id
+        {
+            return Err(Failure::Refused(format!(
+                "journal_mismatch: the hub holds journal {id} for this till, but this journal is {journal_id}"
+            )));
+        }
+        self.hub_seq = Some(st.hub_seq);
+        Ok(st.hub_seq)
+    }
+
+    async fn round(&mut self, state: &Arc<AgentState>, cfg: &SyncConfig, heartbeat: bool) -> Result<Round, Failure> {
+        let reads = state.journal.reads().clone();
+        let js = tokio::task::spawn_blocking(move || reads.with(journal_status))
+            .await
+            .map_err(|e| Failure::Refused(format!("internal: {e}")))?
+            .map_err(|e| Failure::Refused(format!("reading the journal: {e:#}")))?;
+        let hub_seq = match self.hub_seq {
+            Some(s) => s,
+            None => self.learn_hub_seq(&js.journal_id).await?,
+        };
+        if hub_seq > js.last_seq {
+            return Err(Failure::Refused(format!(
+                "hub_ahead: the hub holds seq {hub_seq} of this till but this journal ends at seq {}; the data dir \
+                 was restored from an older backup (see docs/OPERATIONS.md, \"Restore\")",
+                js.last_seq
+            )));
+        }
+        if hub_seq == js.last_seq && !heartbeat {
+            return Ok(Round::Idle);
+        }
+        let (limit, max_bytes) = (cfg.batch_events, cfg.batch_bytes);
+        let reads = state.journal.reads().clone();
+        let events = tokio::task::spawn_blocking(move || {
+            reads.with(|c| {
+                let mut page = journal_page(c, hub_seq, limit)?;
+                let mut bytes = 0;
+                let mut keep = 0;
+                for e in &page {
+                    bytes += serde_json::to_vec(e).map(|v| v.len()).unwrap_or(0);
+                    if keep > 0 && bytes > max_bytes {
+                        break;
+                    }
+                    keep += 1;
+                }
+                page.truncate(keep);
+                Ok(page)
+            })
+        })
+        .await
+        .map_err(|e| Failure::Refused(format!("internal: {e}")))?
+        .map_err(|e| Failure::Refused(format!("reading the journal: {e:#}")))?;
+        let req = UploadRequest {
+            journal_id: js.journal_id.parse().map_err(|e| Failure::Refused(format!("journal id: {e}")))?,
+            agent_version: env!("CARGO_PKG_VERSION").to_owned(),
+            // What will still be waiting once this batch is in.
+            backlog: js.last_seq - events.last().map_or(hub_seq, |e| e.seq),
+            oldest_unsynced_age_s: js.oldest_unsynced_age_s,
+            last_seq: js.last_seq,
+            events,
+        };
+        let last_sent = req.events.last().map(|e| e.seq);
+        let resp = self
+            .client
+            .post(self.url("/v1/sync/upload"))
+            .bearer_auth(&self.cred.credential)
+            .json(&req)
+            .send()
+            .await
+            .map_err(|e| Failure::Unreachable(format!("{e:#}")))?;
+        let status = resp.status();
+        if !status.is_success() {
+            let wait = retry_after(&resp);
+            let (status, r) = Link::refusal(resp).await;
+            if r.error == "seq_gap"
+                && let Some(expected) = r.expected_seq
+            {
+                tracing::info!(expected_seq = expected, "hub expects an earlier seq; resending from there");
+                self.hub_seq = Some(expected.saturating_sub(1));
+                return Ok(Round::More);
+            }
+            // Whatever went wrong, ask the hub where it stands before the next attempt.
+            self.hub_seq = None;
+            return Err(Link::classify(status, &r, wait));
+        }
+        let ack: UploadAck = resp.json().await.map_err(|e| Failure::Unreachable(format!("reading the ack: {e}")))?;
+        self.acknowledge(state, &req.events, ack, js.last_seq).await?;
+        let acked = self.hub_seq.unwrap_or(0);
+        Ok(if acked >= js.last_seq || last_sent.is_none() { Round::Drained } else { Round::More })
+    }
+
+    /// Marks entries synced up to the hub's acknowledgement, after checking it names our own entry.
+    async fn acknowledge(
+        &mut self,
+        state: &Arc<AgentState>,
+        sent: &[JournalEvent],
+        ack: UploadAck,
+        local_last: u64,
+    ) -> Result<(), Failure> {
+        if ack.acked_through > local_last {
+            self.hub_seq = None;
+            return Err(Failure::Refused(format!(
+                "hub_ahead: the hub acknowledged seq {} but this journal ends at seq {local_last}",
+                ack.acked_through
+            )));
+        }
+        if ack.acked_through == 0 {
+            self.hub_seq = Some(0);
+            return Ok(());
+        }
+        let local_hash = match sent.iter().find(|e| e.seq == ack.acked_through) {
+            Some(e) => e.hash.clone(),
+            None => {
+                let reads = state.journal.reads().clone();
+                let seq = ack.acked_through;
+                tokio::task::spawn_blocking(move || reads.with(|c| journal_page(c, seq - 1, 1)))
+                    .await
+                    .map_err(|e| Failure::Refused(format!("internal: {e}")))?
+                    .map_err(|e| Failure::Refused(format!("reading the journal: {e:#}")))?
+                    .first()
+                    .map(|e| e.hash.clone())
+                    .unwrap_or_default()
+            }
+        };
+        if local_hash != ack.last_hash {
+            self.hub_seq = None;
+            return Err(Failure::Refused(format!(
+                "fork: the hub's entry at seq {} differs from this journal's",
+                ack.acked_through
+            )));
+        }
+        state
+            .journal
+            .mark_synced(ack.acked_through, ack.last_hash)
+            .await
+            .map_err(|e| Failure::Refused(format!("recording the acknowledgement: {e}")))?;
+        self.hub_seq = Some(ack.acked_through);
+        Ok(())
+    }
+}
+
+fn set_status(state: &AgentState, f: impl FnOnce(&mut crate::SyncStatus)) {
+    if let Ok(mut s) = state.sync.lock() {
+        f(&mut s);
+    }
+    state.sync_rounds.send_modify(|n| *n += 1);
+}
+
+/// Loads the credential and checks it names this journal's till.
+fn connect(state: &AgentState, cfg: &SyncConfig) -> anyhow::Result<Option<Link>> {
+    let dir = state.data_dir.as_path();
+    let Some(cred) = credential::load(dir)? else { return Ok(None) };
+    let id = state.journal.identity();
+    if cred.store_id != id.store_id || cred.till_id != id.till_id {
+        anyhow::bail!(
+            "the credential is for store {} till {}, but this journal is store {} till {}",
+            cred.store_id,
+            cred.till_id,
+            id.store_id,
+            id.till_id
+        );
+    }
+    let client = credential::http_client(dir, cfg.request_timeout)?;
+    Ok(Some(Link { cred, client, hub_seq: None }))
+}
+
+/// Runs until `shutdown`: uploads whatever the hub does not hold yet, whenever it can.
+pub async fn run(state: Arc<AgentState>, cfg: SyncConfig, shutdown: CancellationToken) {
+    let mut backoff = Backoff::new(cfg.min_backoff, cfg.max_backoff);
+    let mut link: Option<Link> = None;
+    let mut last_report = tokio::time::Instant::now() - cfg.heartbeat;
+    loop {
+        if shutdown.is_cancelled() {
+            break;
+        }
+        let Some(l) = link.as_mut() else {
+            match connect(&state, &cfg) {
+                Ok(Some(l)) => {
+                    tracing::info!(hub = %l.cred.hub_url, "till is enrolled; syncing with the hub");
+                    set_status(&state, |s| s.hub_url = Some(l.cred.hub_url.clone()));
+                    link = Some(l);
+                    continue;
+                }
+                Ok(None) => {}
+                Err(e) => {
+                    tracing::warn!(error = %format!("{e:#}"), "cannot use the till credential");
+                    set_status(&state, |s| s.last_error = Some(format!("{e:#}")));
+                }
+            }
+            // Not enrolled: look again when woken (enrolment while running) or every few seconds.
+            tokio::select! {
+                () = shutdown.cancelled() => break,
+                () = state.sync_wake.notified() => {}
+                () = tokio::time::sleep(Duration::from_secs(5)) => {}
+            }
+            continue;
+        };
+        let heartbeat = last_report.elapsed() >= cfg.heartbeat;
+        let outcome = tokio::select! {
+            () = shutdown.cancelled() => break,
+            r = l.round(&state, &cfg, heartbeat) => r,
+        };
+        let wait = match outcome {
+            Ok(Round::Idle) => None,
+            Ok(round) => {
+                backoff.reset();
+                last_report = tokio::time::Instant::now();
+                set_status(&state, |s| {
+                    s.hub = HubReach::Reachable;
+                    s.last_sync_at = Some(OffsetDateTime::now_utc());
+                    s.last_error = None;
+                });
+                match round {
+                    Round::More => continue,
+                    Round::Drained | Round::Idle => None,
+                }
+            }
+            Err(Failure::Unreachable(e)) => {
+                let d = backoff.delay();
+                tracing::warn!(error = %e, retry_in_ms = d.as_millis() as u64, "hub unreachable; events stay queued");
+                set_status(&state, |s| {
+                    s.hub = HubReach::Unreachable;
+                    s.last_error = Some(e);
+                });
+                Some(d)
+            }
+            Err(Failure::SlowDown(after, e)) => {
+                let jitter = Duration::from_millis(rand::rng().random_range(0..=500));
+                tracing::info!(error = %e, retry_in_ms = (after + jitter).as_millis() as u64, "hub asked to slow down");
+                set_status(&state, |s| {
+                    s.hub = HubReach::Reachable;
+                    s.last_error = Some(e);
+                });
+                Some(after + jitter)
+            }
+            Err(Failure::Refused(e)) => {
+                let d = backoff.delay();
+                tracing::warn!(error = %e, retry_in_ms = d.as_millis() as u64, "hub refused the upload");
+                set_status(&state, |s| {
+                    s.hub = HubReach::Reachable;
+                    s.last_error = Some(e);
+                });
+                Some(d)
+            }
+        };
+        match wait {
+            // Back off: a new sale does not cut the wait short, a sync-now does.
+            Some(d) => tokio::select! {
+                () = shutdown.cancelled() => break,
+                () = tokio::time::sleep(d) => {}
+                () = state.sync_now.notified() => {}
+            },
+            // Drained: wake for new events, a sync-now, or the next heartbeat.
+            None => {
+                let until_report = cfg.heartbeat.saturating_sub(last_report.elapsed());
+                tokio::select! {
+                    () = shutdown.cancelled() => break,
+                    () = state.sync_wake.notified() => {
+                        // Let a burst of sales gather into one batch.
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                    }
+                    () = state.sync_now.notified() => {}
+                    () = tokio::time::sleep(until_report) => {}
+                }
+            }
+        }
+    }
+    tracing::debug!("sync task stopped");
+}
