@@ -210,6 +210,7 @@ pub async fn status_value(s: &Arc<AgentState>) -> Result<serde_json::Value, ApiE
         obj.insert("last_error".into(), json!(sync.last_error));
         obj.insert("version".into(), json!(env!("CARGO_PKG_VERSION")));
         obj.insert("queue_depth".into(), json!(s.journal.queue_depth()));
+        obj.insert("epoch".into(), json!(s.journal.epoch()));
     }
     Ok(v)
 }
@@ -239,15 +240,16 @@ async fn sync_now(
             "this till is not enrolled with a hub; run `storesync-agent enroll` first",
         ));
     }
-    let mut rounds = s.sync_rounds.subscribe();
+    let mut served = s.sync_served.subscribe();
     let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(q.wait_s.min(3600));
-    s.sync_now.notify_one();
-    s.sync_wake.notify_one();
+    // Ask for a round and wait for it; keep asking while rounds make progress and something is still waiting.
     loop {
-        let changed = tokio::time::timeout_at(deadline, rounds.changed()).await;
+        let ticket = s.sync_requested.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
+        s.sync_now.notify_one();
+        s.sync_wake.notify_one();
+        let ok = tokio::time::timeout_at(deadline, served.wait_for(|n| *n >= ticket)).await.is_ok_and(|r| r.is_ok());
         let v = status_value(&s).await?;
-        let drained = v["unsynced"].as_u64() == Some(0) && v["hub"] == "reachable";
-        if drained || v["last_error"].is_string() || !matches!(changed, Ok(Ok(()))) {
+        if !ok || v["unsynced"].as_u64() == Some(0) || v["last_error"].is_string() {
             return Ok(Json(v));
         }
     }

@@ -50,8 +50,10 @@ pub struct AgentState {
     pub sync_wake: Notify,
     /// Poked by `sync-now`: cuts any backoff short.
     pub sync_now: Notify,
-    /// Counts sync status updates, so `sync-now` can wait for the next one.
-    pub sync_rounds: watch::Sender<u64>,
+    /// `sync-now` tickets handed out; the sync loop serves every ticket up to this at its next round.
+    pub sync_requested: std::sync::atomic::AtomicU64,
+    /// The highest ticket whose round has finished (successfully or not).
+    pub sync_served: watch::Sender<u64>,
 }
 
 impl AgentState {
@@ -98,7 +100,8 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         }),
         sync_wake: Notify::new(),
         sync_now: Notify::new(),
-        sync_rounds: watch::channel(0).0,
+        sync_requested: std::sync::atomic::AtomicU64::new(0),
+        sync_served: watch::channel(0).0,
     });
     let tasks = TaskTracker::new();
     tasks.spawn(sync::run(state.clone(), config.sync.clone(), shutdown.clone()));

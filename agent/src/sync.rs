@@ -21,9 +21,12 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use base64::Engine as _;
 use rand::Rng;
 use reqwest::StatusCode;
-use storesync_shared::wire::{ErrorBody, JournalEvent, TillState, UploadAck, UploadRefusal, UploadRequest};
+use storesync_shared::wire::{
+    EPOCH_HEADER, EpochSnapshot, ErrorBody, JournalEvent, TillState, UploadAck, UploadRefusal, UploadRequest,
+};
 use time::OffsetDateTime;
 use tokio_util::sync::CancellationToken;
 
@@ -59,6 +62,9 @@ impl Default for SyncConfig {
         }
     }
 }
+
+/// The most message exchanges in one document sync session.
+const MAX_DOC_ROUNDS: usize = 32;
 
 /// Capped exponential backoff with full jitter.
 struct Backoff {
@@ -256,6 +262,81 @@ impl Link {
         Ok(if acked >= js.last_seq || last_sent.is_none() { Round::Drained } else { Round::More })
     }
 
+    /// One CRDT sync session with the hub: exchange automerge sync messages until neither side has anything to
+    /// say (bounded), switching to the hub's epoch when told to.
+    async fn doc_session(&mut self, state: &Arc<AgentState>) -> Result<(), Failure> {
+        let j = &state.journal;
+        let internal = |e: crate::journal::AppendError| Failure::Refused(format!("store document: {e}"));
+        j.doc_sync_begin().await.map_err(internal)?;
+        let mut installed = false;
+        for _ in 0..MAX_DOC_ROUNDS {
+            let msg = j.doc_sync_generate().await.map_err(internal)?;
+            let sent = msg.is_some();
+            let resp = self
+                .client
+                .post(self.url("/v1/sync/doc"))
+                .bearer_auth(&self.cred.credential)
+                .header(EPOCH_HEADER, j.epoch().to_string())
+                .header(reqwest::header::CONTENT_TYPE, "application/octet-stream")
+                .body(msg.unwrap_or_default())
+                .send()
+                .await
+                .map_err(|e| Failure::Unreachable(format!("{e:#}")))?;
+            match resp.status() {
+                StatusCode::OK => {
+                    let bytes = resp.bytes().await.map_err(|e| Failure::Unreachable(format!("{e:#}")))?;
+                    j.doc_sync_receive(bytes.to_vec()).await.map_err(internal)?;
+                }
+                StatusCode::NO_CONTENT if !sent => return Ok(()),
+                StatusCode::NO_CONTENT => {}
+                _ => {
+                    let wait = retry_after(&resp);
+                    let (status, r) = Link::refusal(resp).await;
+                    if r.error == "epoch_mismatch" && !installed {
+                        self.install_snapshot(state).await?;
+                        installed = true;
+                        j.doc_sync_begin().await.map_err(internal)?;
+                        continue;
+                    }
+                    return Err(Link::classify(status, &r, wait));
+                }
+            }
+        }
+        tracing::debug!(rounds = MAX_DOC_ROUNDS, "document sync session ended at its round limit");
+        Ok(())
+    }
+
+    /// Fetches the hub's current epoch snapshot and installs it.
+    async fn install_snapshot(&mut self, state: &Arc<AgentState>) -> Result<(), Failure> {
+        let resp = self
+            .client
+            .get(self.url("/v1/sync/snapshot"))
+            .bearer_auth(&self.cred.credential)
+            .send()
+            .await
+            .map_err(|e| Failure::Unreachable(format!("{e:#}")))?;
+        if !resp.status().is_success() {
+            let wait = retry_after(&resp);
+            let (status, r) = Link::refusal(resp).await;
+            return Err(Link::classify(status, &r, wait));
+        }
+        let snap: EpochSnapshot =
+            resp.json().await.map_err(|e| Failure::Unreachable(format!("reading the snapshot: {e}")))?;
+        let doc = match &snap.doc {
+            Some(b64) => base64::engine::general_purpose::STANDARD
+                .decode(b64)
+                .map_err(|e| Failure::Refused(format!("bad_snapshot: {e}")))?,
+            None => storesync_shared::crdt::genesis().save(),
+        };
+        let cut = snap.cuts.get(&self.cred.till_id).copied().unwrap_or(0);
+        tracing::info!(epoch = snap.epoch, cut, bytes = doc.len(), "switching to the hub's epoch");
+        state
+            .journal
+            .install_epoch(snap.epoch, cut, doc)
+            .await
+            .map_err(|e| Failure::Refused(format!("installing epoch {}: {e}", snap.epoch)))
+    }
+
     /// Marks entries synced up to the hub's acknowledgement, after checking it names our own entry.
     async fn acknowledge(
         &mut self,
@@ -310,7 +391,15 @@ fn set_status(state: &AgentState, f: impl FnOnce(&mut crate::SyncStatus)) {
     if let Ok(mut s) = state.sync.lock() {
         f(&mut s);
     }
-    state.sync_rounds.send_modify(|n| *n += 1);
+}
+
+/// Marks every `sync-now` ticket up to `ticket` as served.
+fn serve_ticket(state: &AgentState, ticket: u64) {
+    state.sync_served.send_if_modified(|served| {
+        let moved = ticket > *served;
+        *served = (*served).max(ticket);
+        moved
+    });
 }
 
 /// Loads the credential and checks it names this journal's till.
@@ -348,7 +437,7 @@ pub async fn run(state: Arc<AgentState>, cfg: SyncConfig, shutdown: Cancellation
                     link = Some(l);
                     continue;
                 }
-                Ok(None) => {}
+                Ok(None) => serve_ticket(&state, state.sync_requested.load(std::sync::atomic::Ordering::SeqCst)),
                 Err(e) => {
                     tracing::warn!(error = %format!("{e:#}"), "cannot use the till credential");
                     set_status(&state, |s| s.last_error = Some(format!("{e:#}")));
@@ -362,10 +451,20 @@ pub async fn run(state: Arc<AgentState>, cfg: SyncConfig, shutdown: Cancellation
             }
             continue;
         };
-        let heartbeat = last_report.elapsed() >= cfg.heartbeat;
+        // A pending sync-now forces a full round: upload, heartbeat and document session.
+        let ticket = state.sync_requested.load(std::sync::atomic::Ordering::SeqCst);
+        let forced = ticket > *state.sync_served.borrow();
+        let heartbeat = forced || last_report.elapsed() >= cfg.heartbeat;
         let outcome = tokio::select! {
             () = shutdown.cancelled() => break,
-            r = l.round(&state, &cfg, heartbeat) => r,
+            r = async {
+                let round = l.round(&state, &cfg, heartbeat).await?;
+                // Once the journal is across, bring the store document up to date both ways.
+                if matches!(round, Round::Drained) {
+                    l.doc_session(&state).await?;
+                }
+                Ok(round)
+            } => r,
         };
         let wait = match outcome {
             Ok(Round::Idle) => None,
@@ -410,6 +509,7 @@ pub async fn run(state: Arc<AgentState>, cfg: SyncConfig, shutdown: Cancellation
                 Some(d)
             }
         };
+        serve_ticket(&state, ticket);
         match wait {
             // Back off: a new sale does not cut the wait short, a sync-now does.
             Some(d) => tokio::select! {

@@ -11,22 +11,27 @@ use std::sync::Arc;
 
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
-use axum::extract::{ConnectInfo, DefaultBodyLimit, FromRequest, FromRequestParts, Query, Request, State};
+use axum::extract::rejection::PathRejection;
+use axum::extract::{ConnectInfo, DefaultBodyLimit, FromRequest, FromRequestParts, Path, Query, Request, State};
 use axum::http::request::Parts;
-use axum::http::{HeaderValue, StatusCode, header};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{get, post, put};
 use axum::{Json, Router};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
+use storesync_shared::crdt;
+use storesync_shared::event::{MAX_QTY, MAX_TEXT_CHARS, check_currency, check_sku, parse_timestamp};
 use storesync_shared::wire::{
-    EnrollRequest, EnrollResponse, MAX_BATCH_BYTES, TillState, UploadAck, UploadRefusal, UploadRequest,
+    EPOCH_HEADER, EnrollRequest, EnrollResponse, EpochSnapshot, MAX_BATCH_BYTES, TillState, UploadAck, UploadRefusal,
+    UploadRequest,
 };
 use tracing::{error, info, warn};
 
+use crate::docs::{DocError, Docs, SyncLimits};
 use crate::secrets;
-use crate::storage::{IngestError, NewEnrollment, RedeemError, Storage, StorageError, TillId};
+use crate::storage::{IngestError, NewEnrollment, NewMovement, RedeemError, Storage, StorageError, TillId};
 use crate::{Clock, Config, EnrollLimits};
 
 /// Enrolment codes live at most this long.
@@ -36,9 +41,12 @@ const DEFAULT_EVENTS_LIMIT: usize = 100;
 const MAX_EVENTS_LIMIT: usize = 1000;
 /// The most bytes of a non-upload request body.
 const MAX_SMALL_BODY: usize = 16 * 1024;
+/// The most bytes of a head-office price or stock request body.
+const MAX_ADMIN_BODY: usize = 2 * 1024 * 1024;
 
 struct Inner {
     storage: Arc<dyn Storage>,
+    docs: Docs,
     admin_token: String,
     clock: Arc<dyn Clock>,
     enroll_limits: EnrollLimits,
@@ -61,7 +69,19 @@ impl AppState {
         clock: Arc<dyn Clock>,
         enroll_limits: EnrollLimits,
     ) -> AppState {
-        AppState(Arc::new(Inner { storage, admin_token, clock, enroll_limits }))
+        AppState::with_sync(storage, admin_token, clock, enroll_limits, SyncLimits::default())
+    }
+
+    /// [`AppState::new`] with explicit CRDT sync bounds.
+    pub fn with_sync(
+        storage: Arc<dyn Storage>,
+        admin_token: String,
+        clock: Arc<dyn Clock>,
+        enroll_limits: EnrollLimits,
+        sync: SyncLimits,
+    ) -> AppState {
+        let docs = Docs::new(storage.clone(), sync);
+        AppState(Arc::new(Inner { storage, docs, admin_token, clock, enroll_limits }))
     }
 
     /// Opens the data dir's database and admin token as `config` says.
@@ -76,11 +96,26 @@ impl AppState {
                 token
             }
         };
-        Ok(AppState::new(Arc::new(storage), admin_token, config.clock.clone(), config.enroll_limits))
+        Ok(AppState::with_sync(Arc::new(storage), admin_token, config.clock.clone(), config.enroll_limits, config.sync))
     }
 
     fn now(&self) -> i64 {
         self.0.clock.now()
+    }
+
+    /// Runs one document operation on the blocking pool.
+    async fn docs<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Docs) -> Result<T, DocError> + Send + 'static,
+    ) -> Result<T, ApiError> {
+        let state = self.clone();
+        match tokio::task::spawn_blocking(move || f(&state.0.docs)).await {
+            Ok(res) => res.map_err(Into::into),
+            Err(err) => {
+                error!(error = %err, "document task failed");
+                Err(ApiError::internal())
+            }
+        }
     }
 
     /// Runs one storage call on the blocking pool.
@@ -103,6 +138,13 @@ impl AppState {
 /// Builds the hub's routes on `state`.
 pub fn router(state: AppState) -> Router {
     let upload = Router::new().route("/v1/sync/upload", post(upload)).layer(DefaultBodyLimit::max(MAX_BATCH_BYTES));
+    let sync_doc = Router::new()
+        .route("/v1/sync/doc", post(sync_doc))
+        .layer(DefaultBodyLimit::max(state.0.docs.limits().max_message_bytes));
+    let head_office = Router::new()
+        .route("/v1/admin/prices", put(admin_put_prices))
+        .route("/v1/admin/stock", post(admin_post_stock))
+        .layer(DefaultBodyLimit::max(MAX_ADMIN_BODY));
     Router::new()
         .route("/v1/enroll", post(enroll))
         .route("/v1/sync/state", get(sync_state))
@@ -110,9 +152,16 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/admin/revoke", post(admin_revoke))
         .route("/v1/admin/stores", get(admin_stores))
         .route("/v1/admin/events", get(admin_events))
+        .route("/v1/sync/snapshot", get(sync_snapshot))
+        .route("/v1/admin/stores/{store}/stock/{sku}", get(admin_stock))
+        .route("/v1/admin/stores/{store}/prices/{sku}", get(admin_price))
+        .route("/v1/admin/stores/{store}/compact", post(admin_compact))
+        .route("/v1/admin/stores/{store}/doc", get(admin_doc))
         .route("/healthz", get(|| async { Json(json!({"status": "ok"})) }))
         .layer(DefaultBodyLimit::max(MAX_SMALL_BODY))
         .merge(upload)
+        .merge(sync_doc)
+        .merge(head_office)
         .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such endpoint") })
         .with_state(state)
 }
@@ -129,11 +178,13 @@ pub struct ApiError {
     expected_seq: Option<u64>,
     seq: Option<u64>,
     retry_after: Option<u64>,
+    /// The hub's epoch, for `epoch_mismatch`.
+    epoch: Option<u64>,
 }
 
 impl ApiError {
     pub fn new(status: StatusCode, code: &'static str, detail: impl Into<String>) -> ApiError {
-        ApiError { status, code, detail: detail.into(), expected_seq: None, seq: None, retry_after: None }
+        ApiError { status, code, detail: detail.into(), expected_seq: None, seq: None, retry_after: None, epoch: None }
     }
 
     fn internal() -> ApiError {
@@ -153,7 +204,14 @@ impl IntoResponse for ApiError {
             expected_seq: self.expected_seq,
             seq: self.seq,
         };
-        let mut res = (self.status, Json(body)).into_response();
+        let mut res = match self.epoch {
+            None => (self.status, Json(body)).into_response(),
+            Some(epoch) => {
+                let mut value = serde_json::to_value(body).unwrap_or_else(|_| json!({}));
+                value["epoch"] = json!(epoch);
+                (self.status, Json(value)).into_response()
+            }
+        };
         if let Some(secs) = self.retry_after {
             res.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(secs));
         }
@@ -541,8 +599,387 @@ async fn admin_events(
                 "kind": e.kind,
                 "occurred_at": e.occurred_at,
                 "body": body,
+                "hash": e.hash,
             })
         })
         .collect();
     Ok(Json(json!({ "events": events, "next": next })))
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// Store documents: CRDT sync, head-office prices and stock, epochs
+
+impl From<DocError> for ApiError {
+    fn from(err: DocError) -> ApiError {
+        match err {
+            DocError::EpochMismatch { till, hub } => {
+                let mut e = ApiError::new(
+                    StatusCode::CONFLICT,
+                    "epoch_mismatch",
+                    format!("the till is in epoch {till} but the hub is in epoch {hub}: load GET /v1/sync/snapshot"),
+                );
+                e.epoch = Some(hub);
+                e
+            }
+            DocError::BadMessage(detail) => ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "bad_sync_message", detail),
+            DocError::DocumentTooLarge { .. } => {
+                ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "document_too_large", err.to_string())
+            }
+            DocError::UnknownStore => unknown_store(),
+            DocError::Forbidden(detail) => ApiError::new(StatusCode::FORBIDDEN, "forbidden_change", detail),
+            DocError::Corrupt(detail) => {
+                error!(error = %detail, "store document unusable");
+                ApiError::internal()
+            }
+            DocError::Storage(e) => e.into(),
+        }
+    }
+}
+
+fn unknown_store() -> ApiError {
+    ApiError::new(StatusCode::NOT_FOUND, "unknown_store", "no till of this store is known to the hub")
+}
+
+fn invalid(code: &'static str, detail: impl Into<String>) -> ApiError {
+    ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, code, detail)
+}
+
+const OCTET_STREAM: &str = "application/octet-stream";
+
+fn with_epoch(mut res: Response, epoch: Option<u64>) -> Response {
+    if let Some(epoch) = epoch {
+        res.headers_mut().insert(EPOCH_HEADER, HeaderValue::from(epoch));
+    }
+    res
+}
+
+/// `POST /v1/sync/doc`: one automerge sync round with the calling till (see [`crate::docs`]).
+async fn sync_doc(
+    TillAuth(till): TillAuth,
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    let store = till.store.clone();
+    let hub_epoch = |state: AppState, store: String| async move {
+        state.docs(move |d| d.read(&store, |_, meta| meta.epoch)).await.ok()
+    };
+    let body = match body {
+        Ok(b) => b,
+        Err(rej) => {
+            let err = if rej.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "message_too_large", "the sync message is too large")
+            } else {
+                ApiError::new(StatusCode::BAD_REQUEST, "bad_request", rej.body_text())
+            };
+            return with_epoch(err.into_response(), hub_epoch(state, store).await);
+        }
+    };
+    let till_epoch = match headers.get(EPOCH_HEADER).map(|v| v.to_str().ok().and_then(|s| s.trim().parse::<u64>().ok()))
+    {
+        None => 0,
+        Some(Some(e)) => e,
+        Some(None) => {
+            let err = ApiError::new(StatusCode::BAD_REQUEST, "invalid_epoch", "X-Storesync-Epoch must be an integer");
+            return with_epoch(err.into_response(), hub_epoch(state, store).await);
+        }
+    };
+    let now = state.now();
+    let (s, t) = (till.store.clone(), till.till.clone());
+    let res = state
+        .docs(move |d| {
+            let answer = d.sync_round(&s, &t, till_epoch, &body, now)?;
+            if d.due(&answer.meta) {
+                match d.compact(&s, now) {
+                    Ok(rec) => info!(store_id = %s, epoch = rec.epoch, "store document compacted"),
+                    Err(err) => warn!(store_id = %s, error = %err, "compaction failed"),
+                }
+            }
+            Ok(answer)
+        })
+        .await;
+    match res {
+        Ok(answer) => {
+            let res = match answer.reply {
+                Some(bytes) => ([(header::CONTENT_TYPE, OCTET_STREAM)], bytes).into_response(),
+                None => StatusCode::NO_CONTENT.into_response(),
+            };
+            with_epoch(res, Some(answer.meta.epoch))
+        }
+        Err(err) => {
+            if err.code != "epoch_mismatch" {
+                warn!(store_id = %till.store, till_id = %till.till, error = err.code, detail = %err.detail,
+                      "sync round refused");
+            }
+            let epoch = match err.epoch {
+                Some(e) => Some(e),
+                None => hub_epoch(state, store).await,
+            };
+            with_epoch(err.into_response(), epoch)
+        }
+    }
+}
+
+/// `GET /v1/sync/snapshot`: the document the store's current epoch started from.
+async fn sync_snapshot(TillAuth(till): TillAuth, State(state): State<AppState>) -> Result<Response, ApiError> {
+    let store = till.store.clone();
+    let rec = state.db(move |s| s.epoch_record(&store)).await?;
+    let snap = match rec {
+        None => EpochSnapshot { epoch: 0, cuts: Default::default(), doc: None },
+        Some(rec) => {
+            use base64::Engine as _;
+            EpochSnapshot {
+                epoch: rec.epoch,
+                cuts: rec.cuts,
+                doc: Some(base64::engine::general_purpose::STANDARD.encode(&rec.doc)),
+            }
+        }
+    };
+    let epoch = snap.epoch;
+    Ok(with_epoch(Json(snap).into_response(), Some(epoch)))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PriceInput {
+    sku: String,
+    price_minor: i64,
+    currency: String,
+    #[serde(default)]
+    effective_from: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PricesRequest {
+    stores: Vec<String>,
+    prices: Vec<PriceInput>,
+}
+
+/// The most prices one request may set.
+const MAX_PRICES: usize = 10_000;
+/// The largest price, in minor units.
+const MAX_PRICE_MINOR: i64 = 1_000_000_000_000;
+/// The most movements one request may carry.
+const MAX_MOVEMENTS: usize = 500;
+
+fn now_instant(now: i64) -> Result<time::OffsetDateTime, ApiError> {
+    time::OffsetDateTime::from_unix_timestamp(now).map_err(|_| ApiError::internal())
+}
+
+/// Checks a store id from a path or body; an impossible id is an unknown store.
+async fn known_store(state: &AppState, store: &str) -> Result<String, ApiError> {
+    if !secrets::valid_id(store) {
+        return Err(unknown_store());
+    }
+    let s = store.to_owned();
+    if state.db(move |st| st.store_known(&s)).await? { Ok(store.to_owned()) } else { Err(unknown_store()) }
+}
+
+/// `PUT /v1/admin/prices`: head-office prices for some stores or every store (`["*"]`), all or nothing.
+async fn admin_put_prices(
+    _: AdminAuth,
+    State(state): State<AppState>,
+    JsonBody(req): JsonBody<PricesRequest>,
+) -> Result<Json<Value>, ApiError> {
+    let now = state.now();
+    if req.prices.is_empty() {
+        return Err(invalid("no_prices", "prices must hold at least one price"));
+    }
+    if req.prices.len() > MAX_PRICES {
+        return Err(invalid("too_many_prices", format!("at most {MAX_PRICES} prices per request")));
+    }
+    let mut prices = Vec::with_capacity(req.prices.len());
+    let mut keys = std::collections::BTreeSet::new();
+    for (i, p) in req.prices.into_iter().enumerate() {
+        check_sku(&p.sku, &format!("prices[{i}].sku")).map_err(|e| invalid(e.code, e.detail))?;
+        if !(0..=MAX_PRICE_MINOR).contains(&p.price_minor) {
+            return Err(invalid(
+                "invalid_price",
+                format!("prices[{i}].price_minor must be an integer from 0 to {MAX_PRICE_MINOR}"),
+            ));
+        }
+        check_currency(&p.currency).map_err(|e| invalid(e.code, format!("prices[{i}].currency: {}", e.detail)))?;
+        let at = match p.effective_from.as_deref() {
+            None => now_instant(now)?,
+            Some(s) => parse_timestamp(s).ok_or_else(|| {
+                invalid(
+                    "invalid_effective_from",
+                    format!("prices[{i}].effective_from must be RFC 3339 with an offset; got {s:?}"),
+                )
+            })?,
+        };
+        let effective_from = crdt::normalize_instant(at);
+        if !keys.insert((p.sku.clone(), effective_from.clone())) {
+            return Err(invalid(
+                "duplicate_price",
+                format!("prices[{i}]: {} already has a price from {effective_from} in this request", p.sku),
+            ));
+        }
+        prices.push((p.sku, crdt::Price { price_minor: p.price_minor, currency: p.currency, effective_from }));
+    }
+    let stores = if req.stores == ["*"] {
+        state.db(|s| s.list_stores()).await?.into_iter().map(|v| v.store).collect::<Vec<_>>()
+    } else {
+        if req.stores.is_empty() {
+            return Err(invalid("no_stores", "stores must name at least one store, or be [\"*\"]"));
+        }
+        if req.stores.iter().any(|s| s == "*") {
+            return Err(invalid("invalid_stores", "\"*\" must be the only entry of stores"));
+        }
+        let mut out = Vec::with_capacity(req.stores.len());
+        for store in &req.stores {
+            out.push(known_store(&state, store).await?);
+        }
+        out.sort();
+        out.dedup();
+        out
+    };
+    let n = prices.len();
+    let written = stores.clone();
+    if !stores.is_empty() {
+        state.docs(move |d| d.set_prices(&stores, &prices, now)).await?;
+    }
+    info!(stores = written.len(), prices = n, "head-office prices set");
+    Ok(Json(json!({"stores": written, "prices": n})))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct MovementInput {
+    sku: String,
+    delta: i64,
+    reason: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct StockRequest {
+    store: String,
+    movements: Vec<MovementInput>,
+}
+
+/// `POST /v1/admin/stock`: head-office stock movements (receipts, corrections) of one store.
+async fn admin_post_stock(
+    _: AdminAuth,
+    State(state): State<AppState>,
+    JsonBody(req): JsonBody<StockRequest>,
+) -> Result<Json<Value>, ApiError> {
+    if req.movements.is_empty() {
+        return Err(invalid("no_movements", "movements must hold at least one movement"));
+    }
+    if req.movements.len() > MAX_MOVEMENTS {
+        return Err(invalid("too_many_movements", format!("at most {MAX_MOVEMENTS} movements per request")));
+    }
+    let mut movements = Vec::with_capacity(req.movements.len());
+    for (i, m) in req.movements.into_iter().enumerate() {
+        check_sku(&m.sku, &format!("movements[{i}].sku")).map_err(|e| invalid(e.code, e.detail))?;
+        if m.delta == 0 || m.delta.unsigned_abs() > MAX_QTY.unsigned_abs() {
+            return Err(invalid(
+                "invalid_delta",
+                format!("movements[{i}].delta must be a non-zero integer of at most {MAX_QTY} either way"),
+            ));
+        }
+        if m.reason.trim().is_empty() || m.reason.chars().count() > MAX_TEXT_CHARS {
+            return Err(invalid(
+                "invalid_reason",
+                format!("movements[{i}].reason must be non-blank and at most {MAX_TEXT_CHARS} characters"),
+            ));
+        }
+        movements.push(NewMovement { sku: m.sku, delta: m.delta, reason: m.reason });
+    }
+    let store = known_store(&state, &req.store).await?;
+    let now = state.now();
+    let n = movements.len();
+    let s = store.clone();
+    state.docs(move |d| d.add_movements(&s, &movements, now)).await?;
+    info!(store_id = %store, movements = n, "head-office stock movements recorded");
+    Ok(Json(json!({"store": store, "movements": n})))
+}
+
+type StoreSku = Result<Path<(String, String)>, PathRejection>;
+
+fn path_pair(path: StoreSku) -> Result<(String, String), ApiError> {
+    let Path((store, sku)) = path.map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "bad_path", e.body_text()))?;
+    check_sku(&sku, "sku").map_err(|e| invalid(e.code, e.detail))?;
+    Ok((store, sku))
+}
+
+/// `GET /v1/admin/stores/{store}/stock/{sku}`: on hand as the hub's copy of the store document says.
+async fn admin_stock(_: AdminAuth, State(state): State<AppState>, path: StoreSku) -> Result<Json<Value>, ApiError> {
+    let (store, sku) = path_pair(path)?;
+    let store = known_store(&state, &store).await?;
+    let k = sku.clone();
+    let on_hand = state
+        .docs(move |d| {
+            d.read(&store, |doc, _| {
+                crdt::root_map(doc, crdt::STOCK).map_or(0, |obj| crdt::on_hand(doc, &obj, &k, None))
+            })
+        })
+        .await?;
+    Ok(Json(json!({"sku": sku, "on_hand": on_hand})))
+}
+
+fn price_json(p: &crdt::Price) -> Value {
+    json!({"price_minor": p.price_minor, "currency": p.currency, "effective_from": p.effective_from})
+}
+
+/// `GET /v1/admin/stores/{store}/prices/{sku}`: the price in force now and the next scheduled one.
+///
+/// With only a future price, `price_minor`, `currency` and `effective_from` are null and `next` holds it.
+async fn admin_price(_: AdminAuth, State(state): State<AppState>, path: StoreSku) -> Result<Json<Value>, ApiError> {
+    let (store, sku) = path_pair(path)?;
+    let store = known_store(&state, &store).await?;
+    let now = crdt::normalize_instant(now_instant(state.now())?);
+    let k = sku.clone();
+    let view = state
+        .docs(move |d| {
+            d.read(&store, |doc, _| {
+                crdt::root_map(doc, crdt::PRICES)
+                    .map(|obj| crdt::price_at(doc, &obj, &k, &now, None))
+                    .unwrap_or_default()
+            })
+        })
+        .await?;
+    if view.current.is_none() && view.next.is_none() {
+        return Err(ApiError::new(StatusCode::NOT_FOUND, "no_price", format!("no price is set for {sku}")));
+    }
+    let mut out = match &view.current {
+        Some(p) => price_json(p),
+        None => json!({"price_minor": null, "currency": null, "effective_from": null}),
+    };
+    out["sku"] = json!(sku);
+    out["next"] = view.next.as_ref().map_or(Value::Null, price_json);
+    Ok(Json(out))
+}
+
+/// `POST /v1/admin/stores/{store}/compact`: closes the store's epoch now.
+async fn admin_compact(
+    _: AdminAuth,
+    State(state): State<AppState>,
+    Path(store): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let store = known_store(&state, &store).await?;
+    let now = state.now();
+    let s = store.clone();
+    let rec = state.docs(move |d| d.compact(&s, now)).await?;
+    info!(store_id = %store, epoch = rec.epoch, cuts = ?rec.cuts, "store document compacted on request");
+    Ok(Json(json!({"store": store, "epoch": rec.epoch})))
+}
+
+/// `GET /v1/admin/stores/{store}/doc`: the size of the store's document.
+async fn admin_doc(
+    _: AdminAuth,
+    State(state): State<AppState>,
+    Path(store): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let store = known_store(&state, &store).await?;
+    let s = store.clone();
+    let meta = state.docs(move |d| d.read(&s, |_, meta| *meta)).await?;
+    Ok(Json(json!({
+        "store": store,
+        "epoch": meta.epoch,
+        "changes_since_epoch": meta.changes_since_epoch,
+        "saved_bytes": meta.saved_bytes,
+    })))
 }

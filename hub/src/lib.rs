@@ -1,13 +1,14 @@
-//! `storesync-hub`: the head-office side of storesync: till enrolment, exactly-once journal ingest and the fleet
-//! view.
+//! `storesync-hub`: the head-office side of storesync: till enrolment, exactly-once journal ingest, the fleet
+//! view, and the store documents (CRDT sync with tills, head-office prices and stock, epoch compaction).
 //!
 //! Entry points: [`run`] (what `storesync-hub serve` calls) and [`bind`] + [`Server::serve`] for callers that need
 //! the bound address first (tests, `demo`); [`router`] builds the HTTP surface on any [`AppState`].
 //!
-//! Architecture invariants: only [`storage`] knows SQL; only [`api`] knows HTTP and the wire format's status
-//! codes; the hub never trusts a store or till named in a request body, only the one bound to the credential.
+//! Architecture invariants: only [`storage`] knows SQL; only [`docs`] knows automerge sync and epochs; only [`api`]
+//! knows HTTP and the wire format's status codes; the hub never trusts a store or till named in a request body, only the one bound to the credential.
 
 pub mod api;
+pub mod docs;
 pub mod secrets;
 pub mod server;
 pub mod storage;
@@ -21,6 +22,7 @@ use anyhow::Context as _;
 use tokio_util::sync::CancellationToken;
 
 pub use api::{AppState, router};
+pub use docs::SyncLimits;
 pub use server::{Server, bind};
 
 use crate::storage::sqlite::SqliteStorage;
@@ -94,6 +96,8 @@ pub struct Config {
     pub clock: Arc<dyn Clock>,
     /// How long in-flight requests may take to finish once shutdown starts.
     pub shutdown_grace: std::time::Duration,
+    /// Bounds of CRDT sync, documents and compaction.
+    pub sync: SyncLimits,
 }
 
 impl std::fmt::Debug for Config {
@@ -105,6 +109,7 @@ impl std::fmt::Debug for Config {
             .field("insecure_allow_plaintext", &self.insecure_allow_plaintext)
             .field("admin_token", &self.admin_token.as_ref().map(|_| "<redacted>"))
             .field("enroll_limits", &self.enroll_limits)
+            .field("sync", &self.sync)
             .finish_non_exhaustive()
     }
 }
@@ -121,6 +126,7 @@ impl Config {
             enroll_limits: EnrollLimits::default(),
             clock: Arc::new(SystemClock),
             shutdown_grace: std::time::Duration::from_secs(10),
+            sync: SyncLimits::default(),
         }
     }
 }

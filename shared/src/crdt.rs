@@ -190,6 +190,95 @@ pub fn price_at(doc: &impl ReadDoc, prices: &ObjId, sku: &str, now: &str, heads:
     view
 }
 
+// Epochs: the pure parts of the hub's compaction.
+
+/// The writer slot holding an epoch snapshot's base counters (journal effects up to the cuts plus head-office
+/// movements).
+pub const BASE_WRITER: &str = "base";
+
+/// Every price entry of every SKU, in key order (so each SKU's entries are in `effective_from` order).
+pub fn all_prices(doc: &impl ReadDoc, prices: &ObjId) -> BTreeMap<String, Vec<Price>> {
+    let mut out: BTreeMap<String, Vec<Price>> = BTreeMap::new();
+    for item in doc.map_range(prices, ..) {
+        if let (Some((sku, _)), Some(p)) = (item.key.split_once(SEP), parse_price(&item.key, &item.value)) {
+            out.entry(sku.to_owned()).or_default().push(p);
+        }
+    }
+    out
+}
+
+/// The stock effect of a run of stored journal events `(event_id, kind, body)`, summed per SKU.
+///
+/// A void's effect is the negation of the voided event's: the voided event is looked for among the events already
+/// seen in `events`, then through `lookup` (for events before the run); a void of a void, or of an event that cannot
+/// be found, moves nothing (the till refuses both when journaling).
+pub fn journal_effects<I, L>(events: I, mut lookup: L) -> Result<BTreeMap<String, i64>, crate::ValidationError>
+where
+    I: IntoIterator<Item = (uuid::Uuid, crate::EventKind, serde_json::Value)>,
+    L: FnMut(uuid::Uuid) -> Option<(crate::EventKind, serde_json::Value)>,
+{
+    use crate::event::{EventBody, negate};
+    let mut seen: std::collections::HashMap<uuid::Uuid, BTreeMap<String, i64>> = std::collections::HashMap::new();
+    let mut total: BTreeMap<String, i64> = BTreeMap::new();
+    for (id, kind, value) in events {
+        let effect = match EventBody::from_stored(kind, value)? {
+            EventBody::Void(v) => match seen.get(&v.voided_event_id) {
+                Some(e) => negate(e),
+                None => match lookup(v.voided_event_id) {
+                    Some((k, body)) if k != crate::EventKind::Void => {
+                        negate(&EventBody::from_stored(k, body)?.stock_effect())
+                    }
+                    _ => BTreeMap::new(),
+                },
+            },
+            other => other.stock_effect(),
+        };
+        for (sku, d) in &effect {
+            *total.entry(sku.clone()).or_insert(0) += d;
+        }
+        if kind != crate::EventKind::Void {
+            seen.insert(id, effect);
+        }
+    }
+    total.retain(|_, d| *d != 0);
+    Ok(total)
+}
+
+/// [`journal_effects`] of a run that holds every event its voids refer to.
+pub fn effects_of<I>(events: I) -> Result<BTreeMap<String, i64>, crate::ValidationError>
+where
+    I: IntoIterator<Item = (uuid::Uuid, crate::EventKind, serde_json::Value)>,
+{
+    journal_effects(events, |_| None)
+}
+
+/// Builds the first document of a new epoch: the genesis change, then ONE change (by `actor`, at `time` unix
+/// seconds) holding `base` as [`BASE_WRITER`] counters and, of `prices`, each SKU's entry in force at `now` (a
+/// [`normalize_instant`] string) plus every later one.
+pub fn epoch_doc(
+    actor: ActorId,
+    base: &BTreeMap<String, i64>,
+    prices: &BTreeMap<String, Vec<Price>>,
+    now: &str,
+    time: i64,
+) -> Result<Automerge, AutomergeError> {
+    let mut doc = genesis().with_actor(actor);
+    let (Some(stock), Some(price_map)) = (root_map(&doc, STOCK), root_map(&doc, PRICES)) else {
+        return Err(AutomergeError::Fail);
+    };
+    let mut tx = doc.transaction();
+    apply_stock(&mut tx, &stock, BASE_WRITER, base)?;
+    for (sku, entries) in prices {
+        let current = entries.iter().rposition(|p| p.effective_from.as_str() <= now);
+        let keep = entries.iter().enumerate().filter(|(i, p)| Some(*i) == current || p.effective_from.as_str() > now);
+        for (_, p) in keep {
+            set_price(&mut tx, &price_map, sku, p)?;
+        }
+    }
+    tx.commit_with(CommitOptions::default().with_time(time).with_message("storesync epoch base".to_owned()));
+    Ok(doc)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

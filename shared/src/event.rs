@@ -440,7 +440,8 @@ fn check_occurred_at(s: &str) -> Result<(), ValidationError> {
     })
 }
 
-fn check_currency(code: &str) -> Result<(), ValidationError> {
+/// Checks an ISO 4217 currency code (three upper-case letters of a known currency).
+pub fn check_currency(code: &str) -> Result<(), ValidationError> {
     let known = code.len() == 3
         && code.bytes().all(|b| b.is_ascii_uppercase())
         && iso_currency::Currency::from_code(code).is_some();

@@ -148,3 +148,18 @@ pub struct TillState {
     pub hub_seq: u64,
     pub last_hash: String,
 }
+
+/// The request and response header carrying a till's (request) or the hub's (response) CRDT epoch.
+pub const EPOCH_HEADER: &str = "x-storesync-epoch";
+
+/// `GET /v1/sync/snapshot`: the store document as the current epoch started.
+///
+/// `cuts` names, per till, the last journal seq whose stock effect the snapshot's `base` counters already hold; a
+/// till re-applies its journal events after its cut into its own slot. `doc` is the base64 (standard alphabet,
+/// padded) of the saved automerge document; `None` for epoch 0, whose document is [`crate::crdt::genesis`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EpochSnapshot {
+    pub epoch: u64,
+    pub cuts: std::collections::BTreeMap<String, u64>,
+    pub doc: Option<String>,
+}

@@ -38,6 +38,9 @@ impl Running {
     /// # Panics
     /// When it exits or stays silent for 60 s; the log's tail is in the message.
     pub fn start(mut cmd: Command, log: &Path) -> Running {
+        if let Some(dir) = log.parent() {
+            std::fs::create_dir_all(dir).expect("log dir");
+        }
         let log_file = std::fs::OpenOptions::new().create(true).append(true).open(log).expect("log file");
         cmd.stdout(Stdio::piped()).stderr(Stdio::from(log_file)).stdin(Stdio::null());
         let mut child = cmd.spawn().unwrap_or_else(|e| panic!("spawning {cmd:?}: {e}"));
@@ -127,4 +130,74 @@ pub fn agent_cli(dir: &Path, args: &[&str]) -> Output {
     cmd.args(args).arg("--data-dir").arg(dir);
     isolate(&mut cmd, dir);
     cmd.output().expect("running storesync-agent")
+}
+
+/// Starts a hub on `listen` (`127.0.0.1:0` for any port) with its data in `dir`, plain or with TLS files.
+pub fn start_hub(dir: &Path, listen: &str, tls: Option<&TlsFiles>, admin_token: &str) -> Running {
+    let mut cmd = Command::new(bin("storesync-hub"));
+    cmd.args(["serve", "--listen", listen]).arg("--data-dir").arg(dir);
+    if let Some(t) = tls {
+        cmd.arg("--tls-cert").arg(&t.cert).arg("--tls-key").arg(&t.key);
+    }
+    isolate(&mut cmd, dir);
+    cmd.env("STORESYNC_ADMIN_TOKEN", admin_token);
+    Running::start(cmd, &dir.join("hub.log"))
+}
+
+/// `storesync-hub enroll-code`: the code is the last line of stdout.
+///
+/// # Panics
+/// When the command fails.
+pub fn enroll_code(hub_dir: &Path, store: &str, till: &str) -> String {
+    let mut cmd = Command::new(bin("storesync-hub"));
+    cmd.args(["enroll-code", "--store", store, "--till", till]).arg("--data-dir").arg(hub_dir);
+    isolate(&mut cmd, hub_dir);
+    let out = cmd.output().expect("running storesync-hub enroll-code");
+    assert!(out.status.success(), "enroll-code failed: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8(out.stdout).unwrap().lines().last().expect("a code").trim().to_owned()
+}
+
+/// PEM files for a hub's TLS, and the CA that signed them.
+#[derive(Debug, Clone)]
+pub struct TlsFiles {
+    pub ca: PathBuf,
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+/// Makes a test CA and a server certificate for 127.0.0.1 and localhost, written into `dir`.
+///
+/// # Panics
+/// When rcgen or the file system fails.
+pub fn make_tls(dir: &Path) -> TlsFiles {
+    use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair, KeyUsagePurpose};
+    let ca_key = KeyPair::generate().unwrap();
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca_params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+    ca_params.distinguished_name.push(rcgen::DnType::CommonName, "storesync test CA");
+    let ca_cert = ca_params.self_signed(&ca_key).unwrap();
+    let issuer = Issuer::new(ca_params, ca_key);
+    let key = KeyPair::generate().unwrap();
+    let params = CertificateParams::new(vec!["localhost".to_owned(), "127.0.0.1".to_owned()]).unwrap();
+    let cert = params.signed_by(&key, &issuer).unwrap();
+    let files = TlsFiles { ca: dir.join("ca.pem"), cert: dir.join("hub-cert.pem"), key: dir.join("hub-key.pem") };
+    std::fs::write(&files.ca, ca_cert.pem()).unwrap();
+    std::fs::write(&files.cert, cert.pem()).unwrap();
+    std::fs::write(&files.key, key.serialize_pem()).unwrap();
+    files
+}
+
+/// Starts an agent that takes its identity from its credential (or, when `ids` is given, from flags).
+pub fn start_agent_with(dir: &Path, ids: Option<(&str, &str)>, config: Option<&Path>) -> Running {
+    let mut cmd = Command::new(bin("storesync-agent"));
+    cmd.args(["run", "--listen", "127.0.0.1:0"]).arg("--data-dir").arg(dir);
+    if let Some((store, till)) = ids {
+        cmd.args(["--store-id", store, "--till-id", till]);
+    }
+    isolate(&mut cmd, dir);
+    if let Some(c) = config {
+        cmd.arg("--config").arg(c);
+    }
+    Running::start(cmd, &dir.join("agent.log"))
 }

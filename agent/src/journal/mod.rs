@@ -31,6 +31,7 @@
 //! row. A failed COMMIT (disk full, I/O error) fails every command of its batch with [`AppendError::Unavailable`]
 //! and the writer reloads both from the database, so memory never runs ahead of disk.
 
+mod doc;
 mod reader;
 mod schema;
 mod writer;
@@ -53,6 +54,8 @@ pub const QUEUE_BOUND: usize = 4096;
 /// The store's document as the writer last committed it.
 pub struct DocState {
     pub doc: Automerge,
+    /// The CRDT epoch of `doc` (see `doc.rs`).
+    pub epoch: u64,
     /// Heads of the last change that is durably in SQLite. Readers read at these heads.
     pub committed_heads: Vec<ChangeHash>,
 }
@@ -83,6 +86,7 @@ pub enum AppendError {
 pub(crate) enum Command {
     Append { event_id: Option<Uuid>, body: EventBody, reply: oneshot::Sender<Result<AppendOutcome, AppendError>> },
     MarkSynced { through: u64, hash: String, reply: oneshot::Sender<Result<(), AppendError>> },
+    Doc(doc::DocCommand),
 }
 
 /// Handle to an open journal. Cheap to clone.
@@ -163,6 +167,31 @@ impl Journal {
     /// Journals one event. Answers only after its COMMIT has returned.
     pub async fn append(&self, event_id: Option<Uuid>, body: EventBody) -> Result<AppendOutcome, AppendError> {
         self.send(|reply| Command::Append { event_id, body, reply }).await?
+    }
+
+    /// Starts a document sync session with the hub: forgets what was in flight in an earlier, broken session.
+    pub async fn doc_sync_begin(&self) -> Result<(), AppendError> {
+        self.send(|reply| Command::Doc(doc::DocCommand::Begin { reply })).await?
+    }
+
+    /// The next automerge sync message for the hub, if there is anything to say.
+    pub async fn doc_sync_generate(&self) -> Result<Option<Vec<u8>>, AppendError> {
+        self.send(|reply| Command::Doc(doc::DocCommand::Generate { reply })).await?
+    }
+
+    /// Applies a sync message from the hub; the changes it brings are stored before this returns.
+    pub async fn doc_sync_receive(&self, message: Vec<u8>) -> Result<(), AppendError> {
+        self.send(|reply| Command::Doc(doc::DocCommand::Receive { message, reply })).await?
+    }
+
+    /// Switches to the hub's epoch snapshot, re-applying this till's journal entries after `cut` on top of it.
+    pub async fn install_epoch(&self, epoch: u64, cut: u64, doc: Vec<u8>) -> Result<(), AppendError> {
+        self.send(|reply| Command::Doc(doc::DocCommand::InstallEpoch { epoch, cut, doc, reply })).await?
+    }
+
+    /// The CRDT epoch this till's document is in.
+    pub fn epoch(&self) -> u64 {
+        self.docs.read().map(|d| d.epoch).unwrap_or(0)
     }
 
     /// Records that the hub has acknowledged every entry up to `through` (whose hash is `hash`).

@@ -49,6 +49,11 @@ CREATE TABLE IF NOT EXISTS doc_changes (
     bytes BLOB NOT NULL
 ) STRICT;
 
+CREATE TABLE IF NOT EXISTS doc_sync (
+    peer  TEXT PRIMARY KEY,
+    state BLOB NOT NULL
+) STRICT;
+
 CREATE TABLE IF NOT EXISTS upload_cursor (
     id         INTEGER PRIMARY KEY CHECK (id = 1),
     acked_seq  INTEGER NOT NULL,

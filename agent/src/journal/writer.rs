@@ -34,6 +34,7 @@ pub(crate) const SNAPSHOT_EVERY: i64 = 4096;
 pub(crate) struct Writer {
     conn: Connection,
     st: WriterState,
+    sync: automerge::sync::State,
 }
 
 /// Everything the writer keeps in memory besides its connection.
@@ -75,18 +76,18 @@ fn unavailable(e: &rusqlite::Error) -> AppendError {
 pub(super) fn load_doc(conn: &Connection) -> anyhow::Result<(Automerge, i64)> {
     let snapshot: Option<Vec<u8>> =
         conn.query_row("SELECT bytes FROM doc_snapshot WHERE id = 1", [], |r| r.get(0)).optional()?;
-    let mut doc = match snapshot {
-        Some(bytes) => Automerge::load(&bytes).context("loading document snapshot")?,
-        None => crdt::genesis(),
-    };
+    // One `load` of the snapshot followed by every change chunk: automerge reads concatenated chunks in one pass,
+    // which is far cheaper than applying thousands of small chunks one by one.
+    let mut all = snapshot.unwrap_or_else(|| crdt::genesis().save());
     let mut stmt = conn.prepare("SELECT bytes FROM doc_changes ORDER BY id")?;
     let mut rows = stmt.query([])?;
     let mut n = 0;
     while let Some(row) = rows.next()? {
         let bytes: Vec<u8> = row.get(0)?;
-        doc.load_incremental(&bytes).context("loading document change")?;
+        all.extend_from_slice(&bytes);
         n += 1;
     }
+    let mut doc = Automerge::load(&all).context("loading the store document")?;
     doc.set_actor(ActorId::random());
     Ok((doc, n))
 }
@@ -107,9 +108,11 @@ impl Writer {
         let (doc, pending_changes) = load_doc(&conn)?;
         let (last_seq, last_hash) = chain_head(&conn, &identity)?;
         let committed_heads = doc.get_heads();
-        let docs = Arc::new(RwLock::new(DocState { doc, committed_heads }));
+        let epoch = super::doc::load_epoch(&conn)?;
+        let sync = super::doc::load_sync_state(&conn)?;
+        let docs = Arc::new(RwLock::new(DocState { doc, epoch, committed_heads }));
         let st = WriterState { identity, docs: docs.clone(), last_seq, last_hash, pending_changes };
-        Ok((Writer { conn, st }, docs))
+        Ok((Writer { conn, st, sync }, docs))
     }
 
     /// Runs until every sender is dropped and the queue is drained.
@@ -123,7 +126,31 @@ impl Writer {
                     Err(_) => break,
                 }
             }
-            self.process(&mut group);
+            // Journal writes go as one group commit; document sync commands run after it, one by one.
+            let mut doc_cmds = Vec::new();
+            let mut i = 0;
+            while i < group.len() {
+                if matches!(group[i], Command::Doc(_)) {
+                    if let Command::Doc(c) = group.remove(i) {
+                        doc_cmds.push(c);
+                    }
+                } else {
+                    i += 1;
+                }
+            }
+            if !group.is_empty() {
+                self.process(&mut group);
+            }
+            for c in doc_cmds {
+                let mut ctx = super::doc::DocCtx {
+                    conn: &mut self.conn,
+                    docs: &self.st.docs,
+                    sync: &mut self.sync,
+                    till: &self.st.identity.till_id,
+                    pending_changes: &mut self.st.pending_changes,
+                };
+                ctx.run(c);
+            }
         }
         tracing::debug!("journal writer stopped");
     }
@@ -213,6 +240,8 @@ impl Writer {
                         }
                     }
                 }
+                // Never grouped (see `run`).
+                Command::Doc(_) => {}
             }
         }
         if let Err(e) = outcome {
@@ -439,6 +468,8 @@ impl Reply {
         match cmd {
             Command::Append { reply, .. } => drop(reply.send(Err(e.clone()))),
             Command::MarkSynced { reply, .. } => drop(reply.send(Err(e.clone()))),
+            // Document commands never enter a group (see `run`); dropping one answers its caller with an error.
+            Command::Doc(_) => {}
         }
     }
 }

@@ -4,4 +4,5 @@
 
 mod agent_crash;
 mod agent_journal;
+mod outage;
 mod util;

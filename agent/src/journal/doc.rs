@@ -1,0 +1,229 @@
+//! The store document's side of CRDT sync with the hub, run by the journal writer so that every change it brings
+//! is stored in the same kind of SQLite transaction as a journal write.
+//!
+//! # Sync state
+//! One automerge `sync::State` for the hub, kept in memory and persisted (`State::encode`, the shared heads only)
+//! in `doc_sync` whenever a received message changed the document. A session starts with [`DocCommand::Begin`],
+//! which drops whatever an earlier, interrupted session had in flight, so a lost response never stalls sync.
+//!
+//! # Epochs (bounded history)
+//! The hub compacts a store's document into a new epoch: a fresh document whose `base` counters hold every
+//! journaled movement up to a per-till cut (plus head office's own movements), and the prices in force. A till in
+//! an older epoch is told so by the hub (409 `epoch_mismatch`), fetches the snapshot and installs it here, in one
+//! transaction: the snapshot replaces the document, the old epoch's changes and sync state are deleted, and this
+//! till's own journal entries after its cut are re-applied to its counters. The journal is the record, the
+//! document only a cache of derived state, so nothing is counted twice or missed, however long the till was
+//! offline.
+
+use std::collections::BTreeMap;
+
+use automerge::sync::{Message, State, SyncDoc};
+use automerge::transaction::CommitOptions;
+use automerge::{ActorId, Automerge};
+use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
+use storesync_shared::event::negate;
+use storesync_shared::{EventBody, EventKind, crdt};
+use tokio::sync::oneshot;
+
+use super::AppendError;
+
+/// The largest epoch snapshot or sync message this agent loads.
+pub(crate) const MAX_DOC_BYTES: usize = 64 * 1024 * 1024;
+
+pub(crate) enum DocCommand {
+    Begin { reply: oneshot::Sender<Result<(), AppendError>> },
+    Generate { reply: oneshot::Sender<Result<Option<Vec<u8>>, AppendError>> },
+    Receive { message: Vec<u8>, reply: oneshot::Sender<Result<(), AppendError>> },
+    InstallEpoch { epoch: u64, cut: u64, doc: Vec<u8>, reply: oneshot::Sender<Result<(), AppendError>> },
+}
+
+fn db_err(e: rusqlite::Error) -> AppendError {
+    AppendError::Unavailable(format!("journal write failed: {e}"))
+}
+
+/// The persisted sync state for the hub, or a fresh one.
+pub(super) fn load_sync_state(conn: &Connection) -> anyhow::Result<State> {
+    let bytes: Option<Vec<u8>> =
+        conn.query_row("SELECT state FROM doc_sync WHERE peer = 'hub'", [], |r| r.get(0)).optional()?;
+    Ok(match bytes {
+        Some(b) => State::decode(&b).unwrap_or_else(|_| State::new()),
+        None => State::new(),
+    })
+}
+
+/// The epoch the document is in.
+pub(super) fn load_epoch(conn: &Connection) -> anyhow::Result<u64> {
+    let v: Option<String> =
+        conn.query_row("SELECT value FROM meta WHERE key = 'epoch'", [], |r| r.get(0)).optional()?;
+    Ok(v.and_then(|v| v.parse().ok()).unwrap_or(0))
+}
+
+/// The stock effect of every journal entry after `after_seq`, voids resolved against the entries they void.
+pub(super) fn journal_effects_after(conn: &Connection, after_seq: u64) -> anyhow::Result<BTreeMap<String, i64>> {
+    let mut total: BTreeMap<String, i64> = BTreeMap::new();
+    let mut stmt = conn.prepare("SELECT kind, body FROM journal WHERE seq > ?1 ORDER BY seq")?;
+    let mut rows = stmt.query([after_seq])?;
+    while let Some(row) = rows.next()? {
+        let kind: String = row.get(0)?;
+        let body: String = row.get(1)?;
+        let kind = EventKind::parse(&kind).ok_or_else(|| anyhow::anyhow!("unknown kind {kind}"))?;
+        let body = EventBody::from_stored(kind, serde_json::from_str(&body)?)?;
+        let effect = match &body {
+            EventBody::Void(v) => {
+                let (k, b): (String, String) = conn.query_row(
+                    "SELECT kind, body FROM journal WHERE event_id = ?1",
+                    [v.voided_event_id.to_string()],
+                    |r| Ok((r.get(0)?, r.get(1)?)),
+                )?;
+                let k = EventKind::parse(&k).ok_or_else(|| anyhow::anyhow!("unknown kind {k}"))?;
+                negate(&EventBody::from_stored(k, serde_json::from_str(&b)?)?.stock_effect())
+            }
+            other => other.stock_effect(),
+        };
+        for (sku, d) in effect {
+            *total.entry(sku).or_insert(0) += d;
+        }
+    }
+    total.retain(|_, d| *d != 0);
+    Ok(total)
+}
+
+/// What the writer needs to run a document command.
+pub(super) struct DocCtx<'a> {
+    pub conn: &'a mut Connection,
+    pub docs: &'a std::sync::RwLock<super::DocState>,
+    pub sync: &'a mut State,
+    pub till: &'a str,
+    pub pending_changes: &'a mut i64,
+}
+
+impl DocCtx<'_> {
+    pub(super) fn run(&mut self, cmd: DocCommand) {
+        match cmd {
+            DocCommand::Begin { reply } => {
+                // Keep only what both sides durably share; forget in-flight messages of a broken session.
+                *self.sync = State::decode(&self.sync.encode()).unwrap_or_else(|_| State::new());
+                let _ = reply.send(Ok(()));
+            }
+            DocCommand::Generate { reply } => {
+                let r = match self.docs.read() {
+                    Ok(d) => Ok(d.doc.generate_sync_message(self.sync).map(Message::encode)),
+                    Err(_) => Err(AppendError::Unavailable("document lock poisoned".into())),
+                };
+                let _ = reply.send(r);
+            }
+            DocCommand::Receive { message, reply } => {
+                let _ = reply.send(self.receive(&message));
+            }
+            DocCommand::InstallEpoch { epoch, cut, doc, reply } => {
+                let _ = reply.send(self.install(epoch, cut, &doc));
+            }
+        }
+    }
+
+    fn receive(&mut self, message: &[u8]) -> Result<(), AppendError> {
+        if message.len() > MAX_DOC_BYTES {
+            return Err(AppendError::Invalid { code: "message_too_large", detail: "sync message too large".into() });
+        }
+        let msg = Message::decode(message)
+            .map_err(|e| AppendError::Invalid { code: "bad_sync_message", detail: format!("{e}") })?;
+        let mut docs = self.docs.write().map_err(|_| AppendError::Unavailable("document lock poisoned".into()))?;
+        let before = docs.doc.get_heads();
+        let saved_sync = self.sync.encode();
+        if let Err(e) = docs.doc.receive_sync_message(self.sync, msg) {
+            return Err(AppendError::Invalid { code: "bad_sync_message", detail: format!("{e}") });
+        }
+        let changed = docs.doc.get_heads() != before;
+        let bytes = if changed { docs.doc.save_after(&before) } else { Vec::new() };
+        let state = self.sync.encode();
+        let mut write = || -> rusqlite::Result<()> {
+            let tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            if changed {
+                tx.execute("INSERT INTO doc_changes (bytes) VALUES (?1)", [&bytes])?;
+            }
+            tx.execute("INSERT OR REPLACE INTO doc_sync (peer, state) VALUES ('hub', ?1)", [&state])?;
+            tx.commit()
+        };
+        match write() {
+            Ok(()) => {
+                if changed {
+                    *self.pending_changes += 1;
+                }
+                docs.committed_heads = docs.doc.get_heads();
+                Ok(())
+            }
+            Err(e) => {
+                // Memory must not run ahead of disk: reload both.
+                drop(docs);
+                *self.sync = State::decode(&saved_sync).unwrap_or_else(|_| State::new());
+                self.reload_doc();
+                Err(db_err(e))
+            }
+        }
+    }
+
+    fn reload_doc(&mut self) {
+        match super::writer::load_doc(self.conn) {
+            Ok((doc, n)) => {
+                *self.pending_changes = n;
+                if let Ok(mut d) = self.docs.write() {
+                    d.committed_heads = doc.get_heads();
+                    d.doc = doc;
+                }
+            }
+            Err(e) => tracing::error!(error = %format!("{e:#}"), "reloading the store document"),
+        }
+    }
+
+    fn install(&mut self, epoch: u64, cut: u64, bytes: &[u8]) -> Result<(), AppendError> {
+        if bytes.len() > MAX_DOC_BYTES {
+            return Err(AppendError::Invalid { code: "document_too_large", detail: "epoch snapshot too large".into() });
+        }
+        let mut doc = Automerge::load(bytes)
+            .map_err(|e| AppendError::Invalid { code: "bad_snapshot", detail: format!("epoch snapshot: {e}") })?;
+        doc.set_actor(ActorId::random());
+        if crdt::root_map(&doc, crdt::STOCK).is_none() {
+            return Err(AppendError::Invalid { code: "bad_snapshot", detail: "snapshot has no stock map".into() });
+        }
+        let last_seq: u64 =
+            self.conn.query_row("SELECT COALESCE(MAX(seq), 0) FROM journal", [], |r| r.get(0)).map_err(db_err)?;
+        if cut > last_seq {
+            return Err(AppendError::Conflict {
+                code: "hub_ahead",
+                detail: format!("the hub's epoch counts this till up to seq {cut}, but the journal ends at {last_seq}"),
+            });
+        }
+        let effects = journal_effects_after(self.conn, cut)
+            .map_err(|e| AppendError::Unavailable(format!("reading the journal: {e:#}")))?;
+        if !effects.is_empty() {
+            let stock = crdt::root_map(&doc, crdt::STOCK).expect("checked above");
+            let mut tx = doc.transaction();
+            crdt::apply_stock(&mut tx, &stock, self.till, &effects)
+                .map_err(|e| AppendError::Unavailable(format!("re-applying the journal: {e}")))?;
+            tx.commit_with(
+                CommitOptions::default().with_message(format!("journal {}..{last_seq} (epoch {epoch})", cut + 1)),
+            );
+        }
+        let full = doc.save();
+        let mut write = || -> rusqlite::Result<()> {
+            let tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            tx.execute("INSERT OR REPLACE INTO doc_snapshot (id, bytes) VALUES (1, ?1)", [&full])?;
+            tx.execute("DELETE FROM doc_changes", [])?;
+            tx.execute("DELETE FROM doc_sync", [])?;
+            tx.execute(
+                "INSERT INTO meta (key, value) VALUES ('epoch', ?1) ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                params![epoch.to_string()],
+            )?;
+            tx.commit()
+        };
+        write().map_err(db_err)?;
+        *self.sync = State::new();
+        *self.pending_changes = 0;
+        let mut d = self.docs.write().map_err(|_| AppendError::Unavailable("document lock poisoned".into()))?;
+        d.committed_heads = doc.get_heads();
+        d.doc = doc;
+        d.epoch = epoch;
+        tracing::info!(epoch, cut, "installed the hub's epoch snapshot");
+        Ok(())
+    }
+}
