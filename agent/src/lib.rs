@@ -104,7 +104,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         sync_served: watch::channel(0).0,
     });
     let tasks = TaskTracker::new();
-    tasks.spawn(sync::run(state.clone(), config.sync.clone(), shutdown.clone()));
+    tasks.spawn(supervise_sync(state.clone(), config.sync.clone(), shutdown.clone()));
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("binding the POS API to {}", config.listen))?;
@@ -127,6 +127,27 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     }
     tracing::info!("agent stopped");
     result
+}
+
+/// Runs the sync loop, restarting it if it ever panics, so that a bug in one round can never stop sync for good
+/// (the journal keeps everything meanwhile). Ends with `shutdown`.
+async fn supervise_sync(state: Arc<AgentState>, cfg: sync::SyncConfig, shutdown: CancellationToken) {
+    loop {
+        let run = tokio::spawn(sync::run(state.clone(), cfg.clone(), shutdown.clone()));
+        match run.await {
+            Ok(()) => return,
+            Err(e) => {
+                tracing::error!(error = %e, "the sync task failed; restarting it in 5 s");
+                if let Ok(mut s) = state.sync.lock() {
+                    s.last_error = Some(format!("internal: sync task failed ({e}); restarted"));
+                }
+                tokio::select! {
+                    () = shutdown.cancelled() => return,
+                    () = tokio::time::sleep(std::time::Duration::from_secs(5)) => {}
+                }
+            }
+        }
+    }
 }
 
 /// Resolves when the process is asked to stop: ctrl-c, or SIGTERM on Unix.

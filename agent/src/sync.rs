@@ -31,7 +31,7 @@ use time::OffsetDateTime;
 use tokio_util::sync::CancellationToken;
 
 use crate::credential::{self, Credential};
-use crate::journal::{journal_page, journal_status};
+use crate::journal::journal_page;
 use crate::{AgentState, HubReach};
 
 /// How the sync loop is tuned.
@@ -118,6 +118,30 @@ fn retry_after(resp: &reqwest::Response) -> Duration {
         .map_or(Duration::from_secs(1), Duration::from_secs)
 }
 
+/// What an upload round needs to know about the journal.
+struct UploadView {
+    journal_id: String,
+    last_seq: u64,
+    oldest_unsynced_age_s: u64,
+}
+
+/// [`UploadView`], read without `journal_status`: its `SELECT COUNT(*), MAX(seq)` visits every journal row (the
+/// pair defeats SQLite's min/max optimisation), so a drain re-read the whole journal for every batch. `MAX(seq)`
+/// alone is read off the end of the rowid b-tree; the other two queries are the ones `journal_status` runs.
+fn upload_view(conn: &rusqlite::Connection, journal_id: String) -> anyhow::Result<UploadView> {
+    use rusqlite::OptionalExtension as _;
+    let last_seq: Option<u64> = conn.query_row("SELECT MAX(seq) FROM journal", [], |r| r.get(0))?;
+    let acked: u64 =
+        conn.query_row("SELECT acked_seq FROM upload_cursor WHERE id = 1", [], |r| r.get(0)).optional()?.unwrap_or(0);
+    let oldest: Option<String> = conn
+        .query_row("SELECT recorded_at FROM journal WHERE seq > ?1 ORDER BY seq LIMIT 1", [acked], |r| r.get(0))
+        .optional()?;
+    let oldest_unsynced_age_s = oldest
+        .and_then(|t| OffsetDateTime::parse(&t, &time::format_description::well_known::Rfc3339).ok())
+        .map_or(0, |t| (OffsetDateTime::now_utc() - t).whole_seconds().max(0) as u64);
+    Ok(UploadView { journal_id, last_seq: last_seq.unwrap_or(0), oldest_unsynced_age_s })
+}
+
 /// One connection to the hub with this till's credential.
 struct Link {
     cred: Credential,
@@ -164,7 +188,7 @@ impl Link {
             .bearer_auth(&self.cred.credential)
             .send()
             .await
-            .map_err(|e| Failure::Unreachable(format!("{e:#}")))?;
+            .map_err(|e| Failure::Unreachable(error_chain(&e)))?;
         if !resp.status().is_success() {
             let wait = retry_after(&resp);
             let (status, r) = Link::refusal(resp).await;
@@ -184,7 +208,8 @@ impl Link {
 
     async fn round(&mut self, state: &Arc<AgentState>, cfg: &SyncConfig, heartbeat: bool) -> Result<Round, Failure> {
         let reads = state.journal.reads().clone();
-        let js = tokio::task::spawn_blocking(move || reads.with(journal_status))
+        let journal_id = state.journal.identity().journal_id.to_string();
+        let js = tokio::task::spawn_blocking(move || reads.with(|c| upload_view(c, journal_id)))
             .await
             .map_err(|e| Failure::Refused(format!("internal: {e}")))?
             .map_err(|e| Failure::Refused(format!("reading the journal: {e:#}")))?;
@@ -226,10 +251,10 @@ impl Link {
         let req = UploadRequest {
             journal_id: js.journal_id.parse().map_err(|e| Failure::Refused(format!("journal id: {e}")))?,
             agent_version: env!("CARGO_PKG_VERSION").to_owned(),
-            // What will still be waiting once this batch is in.
-            backlog: js.last_seq - events.last().map_or(hub_seq, |e| e.seq),
+            // What will still be waiting once this batch is in (more may have been journaled since `js` was read).
+            backlog: js.last_seq.saturating_sub(events.last().map_or(hub_seq, |e| e.seq)),
             oldest_unsynced_age_s: js.oldest_unsynced_age_s,
-            last_seq: js.last_seq,
+            last_seq: js.last_seq.max(events.last().map_or(0, |e| e.seq)),
             events,
         };
         let last_sent = req.events.last().map(|e| e.seq);
@@ -240,7 +265,7 @@ impl Link {
             .json(&req)
             .send()
             .await
-            .map_err(|e| Failure::Unreachable(format!("{e:#}")))?;
+            .map_err(|e| Failure::Unreachable(error_chain(&e)))?;
         let status = resp.status();
         if !status.is_success() {
             let wait = retry_after(&resp);
@@ -281,10 +306,10 @@ impl Link {
                 .body(msg.unwrap_or_default())
                 .send()
                 .await
-                .map_err(|e| Failure::Unreachable(format!("{e:#}")))?;
+                .map_err(|e| Failure::Unreachable(error_chain(&e)))?;
             match resp.status() {
                 StatusCode::OK => {
-                    let bytes = resp.bytes().await.map_err(|e| Failure::Unreachable(format!("{e:#}")))?;
+                    let bytes = resp.bytes().await.map_err(|e| Failure::Unreachable(error_chain(&e)))?;
                     j.doc_sync_receive(bytes.to_vec()).await.map_err(internal)?;
                 }
                 StatusCode::NO_CONTENT if !sent => return Ok(()),
@@ -314,7 +339,7 @@ impl Link {
             .bearer_auth(&self.cred.credential)
             .send()
             .await
-            .map_err(|e| Failure::Unreachable(format!("{e:#}")))?;
+            .map_err(|e| Failure::Unreachable(error_chain(&e)))?;
         if !resp.status().is_success() {
             let wait = retry_after(&resp);
             let (status, r) = Link::refusal(resp).await;
@@ -391,6 +416,18 @@ fn set_status(state: &AgentState, f: impl FnOnce(&mut crate::SyncStatus)) {
     if let Ok(mut s) = state.sync.lock() {
         f(&mut s);
     }
+}
+
+/// An error and all its sources, `: `-separated (reqwest's own Display hides the cause).
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut src = e.source();
+    while let Some(s) = src {
+        out.push_str(": ");
+        out.push_str(&s.to_string());
+        src = s.source();
+    }
+    out
 }
 
 /// Marks every `sync-now` ticket up to `ticket` as served.

@@ -95,6 +95,36 @@ pub fn apply_stock<T: Transactable>(
     Ok(())
 }
 
+/// [`apply_stock`] for a writer that remembers which of its counters exist (`known`, keys from [`stock_key`]):
+/// incrementing a known counter needs no read, and reading a counter costs time in proportion to its history.
+pub fn apply_stock_known<T: Transactable>(
+    tx: &mut T,
+    stock: &ObjId,
+    writer: &str,
+    deltas: &BTreeMap<String, i64>,
+    known: &mut std::collections::HashSet<String>,
+) -> Result<(), AutomergeError> {
+    for (sku, delta) in deltas {
+        if *delta == 0 {
+            continue;
+        }
+        let key = stock_key(sku, writer);
+        if known.contains(&key) {
+            tx.increment(stock, key.as_str(), *delta)?;
+        } else {
+            apply_stock(tx, stock, writer, &BTreeMap::from([(sku.clone(), *delta)]))?;
+            known.insert(key);
+        }
+    }
+    Ok(())
+}
+
+/// The keys of `writer`'s own counters.
+pub fn writer_keys(doc: &impl ReadDoc, stock: &ObjId, writer: &str) -> std::collections::HashSet<String> {
+    let suffix = format!("{SEP}{writer}");
+    doc.keys(stock).filter(|k| k.ends_with(&suffix)).collect()
+}
+
 /// Stock on hand of one SKU: the sum of every writer's counter, at `heads` if given.
 pub fn on_hand(doc: &impl ReadDoc, stock: &ObjId, sku: &str, heads: Option<&[ChangeHash]>) -> i64 {
     let range = sku_range(sku);
@@ -276,6 +306,27 @@ pub fn epoch_doc(
         }
     }
     tx.commit_with(CommitOptions::default().with_time(time).with_message("storesync epoch base".to_owned()));
+    Ok(doc)
+}
+
+/// A till's document for a new epoch, as a till installs it: the hub's epoch `snapshot`, given `actor`, plus ONE
+/// change (with `message`) adding `effects` (the till's journal effects after its cut in that epoch, see
+/// [`journal_effects`]) to `writer`'s counters; no change when `effects` is empty. Fails on bytes that are not an
+/// automerge document or a document without the stock map.
+pub fn rebase_on_snapshot(
+    snapshot: &[u8],
+    actor: ActorId,
+    writer: &str,
+    effects: &BTreeMap<String, i64>,
+    message: &str,
+) -> Result<Automerge, AutomergeError> {
+    let mut doc = Automerge::load(snapshot)?.with_actor(actor);
+    let stock = root_map(&doc, STOCK).ok_or(AutomergeError::Fail)?;
+    if effects.values().any(|d| *d != 0) {
+        let mut tx = doc.transaction();
+        apply_stock(&mut tx, &stock, writer, effects)?;
+        tx.commit_with(CommitOptions::default().with_message(message.to_owned()));
+    }
     Ok(doc)
 }
 

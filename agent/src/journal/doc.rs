@@ -167,8 +167,7 @@ impl DocCtx<'_> {
             Ok((doc, n)) => {
                 *self.pending_changes = n;
                 if let Ok(mut d) = self.docs.write() {
-                    d.committed_heads = doc.get_heads();
-                    d.doc = doc;
+                    d.replace(doc, self.till);
                 }
             }
             Err(e) => tracing::error!(error = %format!("{e:#}"), "reloading the store document"),
@@ -220,8 +219,7 @@ impl DocCtx<'_> {
         *self.sync = State::new();
         *self.pending_changes = 0;
         let mut d = self.docs.write().map_err(|_| AppendError::Unavailable("document lock poisoned".into()))?;
-        d.committed_heads = doc.get_heads();
-        d.doc = doc;
+        d.replace(doc, self.till);
         d.epoch = epoch;
         tracing::info!(epoch, cut, "installed the hub's epoch snapshot");
         Ok(())

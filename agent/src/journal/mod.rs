@@ -58,6 +58,19 @@ pub struct DocState {
     pub epoch: u64,
     /// Heads of the last change that is durably in SQLite. Readers read at these heads.
     pub committed_heads: Vec<ChangeHash>,
+    /// Keys of this till's own stock counters, so the writer can increment without reading them.
+    pub own_keys: std::collections::HashSet<String>,
+}
+
+impl DocState {
+    /// Replaces the document (after a reload or an epoch switch), recomputing what derives from it.
+    pub(crate) fn replace(&mut self, doc: Automerge, till: &str) {
+        self.own_keys = storesync_shared::crdt::root_map(&doc, storesync_shared::crdt::STOCK)
+            .map(|s| storesync_shared::crdt::writer_keys(&doc, &s, till))
+            .unwrap_or_default();
+        self.committed_heads = doc.get_heads();
+        self.doc = doc;
+    }
 }
 
 /// The outcome of an append.

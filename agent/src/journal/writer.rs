@@ -107,10 +107,12 @@ impl Writer {
     pub(super) fn new(conn: Connection, identity: Arc<Identity>) -> anyhow::Result<(Writer, Arc<RwLock<DocState>>)> {
         let (doc, pending_changes) = load_doc(&conn)?;
         let (last_seq, last_hash) = chain_head(&conn, &identity)?;
-        let committed_heads = doc.get_heads();
         let epoch = super::doc::load_epoch(&conn)?;
         let sync = super::doc::load_sync_state(&conn)?;
-        let docs = Arc::new(RwLock::new(DocState { doc, epoch, committed_heads }));
+        let mut state =
+            DocState { doc: Automerge::new(), epoch, committed_heads: Vec::new(), own_keys: Default::default() };
+        state.replace(doc, &identity.till_id);
+        let docs = Arc::new(RwLock::new(state));
         let st = WriterState { identity, docs: docs.clone(), last_seq, last_hash, pending_changes };
         Ok((Writer { conn, st, sync }, docs))
     }
@@ -188,8 +190,7 @@ impl Writer {
         self.st.last_hash = hash;
         self.st.pending_changes = pending;
         if let Ok(mut d) = self.st.docs.write() {
-            d.committed_heads = doc.get_heads();
-            d.doc = doc;
+            d.replace(doc, &self.st.identity.till_id);
         }
         Ok(())
     }
@@ -278,8 +279,9 @@ impl WriterState {
         let before = docs.doc.get_heads();
         let stock = crdt::root_map(&docs.doc, crdt::STOCK)
             .ok_or_else(|| AppendError::Unavailable("store document has no stock map".into()))?;
-        let mut am = docs.doc.transaction();
-        if let Err(e) = crdt::apply_stock(&mut am, &stock, &self.identity.till_id, deltas) {
+        let state = &mut *docs;
+        let mut am = state.doc.transaction();
+        if let Err(e) = crdt::apply_stock_known(&mut am, &stock, &self.identity.till_id, deltas, &mut state.own_keys) {
             am.rollback();
             return Err(AppendError::Unavailable(format!("updating stock counters: {e}")));
         }

@@ -4,5 +4,6 @@
 
 mod agent_crash;
 mod agent_journal;
+mod converge;
 mod outage;
 mod util;
