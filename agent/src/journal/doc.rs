@@ -17,12 +17,10 @@
 
 use std::collections::BTreeMap;
 
+use automerge::ActorId;
 use automerge::sync::{Message, State, SyncDoc};
-use automerge::transaction::CommitOptions;
-use automerge::{ActorId, Automerge};
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
-use storesync_shared::event::negate;
-use storesync_shared::{EventBody, EventKind, crdt};
+use storesync_shared::{EventKind, crdt};
 use tokio::sync::oneshot;
 
 use super::AppendError;
@@ -58,34 +56,29 @@ pub(super) fn load_epoch(conn: &Connection) -> anyhow::Result<u64> {
     Ok(v.and_then(|v| v.parse().ok()).unwrap_or(0))
 }
 
-/// The stock effect of every journal entry after `after_seq`, voids resolved against the entries they void.
+/// The stock effect of every journal entry after `after_seq` ([`crdt::journal_effects`]; a void's target is read
+/// from the journal when it lies at or before `after_seq`).
 pub(super) fn journal_effects_after(conn: &Connection, after_seq: u64) -> anyhow::Result<BTreeMap<String, i64>> {
-    let mut total: BTreeMap<String, i64> = BTreeMap::new();
-    let mut stmt = conn.prepare("SELECT kind, body FROM journal WHERE seq > ?1 ORDER BY seq")?;
+    let parse = |kind: String, body: String| -> anyhow::Result<(EventKind, serde_json::Value)> {
+        let kind = EventKind::parse(&kind).ok_or_else(|| anyhow::anyhow!("unknown kind {kind}"))?;
+        Ok((kind, serde_json::from_str(&body)?))
+    };
+    let mut stmt = conn.prepare("SELECT event_id, kind, body FROM journal WHERE seq > ?1 ORDER BY seq")?;
+    let mut events = Vec::new();
     let mut rows = stmt.query([after_seq])?;
     while let Some(row) = rows.next()? {
-        let kind: String = row.get(0)?;
-        let body: String = row.get(1)?;
-        let kind = EventKind::parse(&kind).ok_or_else(|| anyhow::anyhow!("unknown kind {kind}"))?;
-        let body = EventBody::from_stored(kind, serde_json::from_str(&body)?)?;
-        let effect = match &body {
-            EventBody::Void(v) => {
-                let (k, b): (String, String) = conn.query_row(
-                    "SELECT kind, body FROM journal WHERE event_id = ?1",
-                    [v.voided_event_id.to_string()],
-                    |r| Ok((r.get(0)?, r.get(1)?)),
-                )?;
-                let k = EventKind::parse(&k).ok_or_else(|| anyhow::anyhow!("unknown kind {k}"))?;
-                negate(&EventBody::from_stored(k, serde_json::from_str(&b)?)?.stock_effect())
-            }
-            other => other.stock_effect(),
-        };
-        for (sku, d) in effect {
-            *total.entry(sku).or_insert(0) += d;
-        }
+        let id: String = row.get(0)?;
+        let (kind, body) = parse(row.get(1)?, row.get(2)?)?;
+        events.push((id.parse()?, kind, body));
     }
-    total.retain(|_, d| *d != 0);
-    Ok(total)
+    let lookup = |id: uuid::Uuid| {
+        conn.query_row("SELECT kind, body FROM journal WHERE event_id = ?1", [id.to_string()], |r| {
+            Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?))
+        })
+        .ok()
+        .and_then(|(k, b)| parse(k, b).ok())
+    };
+    Ok(crdt::journal_effects(events, lookup)?)
 }
 
 /// What the writer needs to run a document command.
@@ -178,12 +171,6 @@ impl DocCtx<'_> {
         if bytes.len() > MAX_DOC_BYTES {
             return Err(AppendError::Invalid { code: "document_too_large", detail: "epoch snapshot too large".into() });
         }
-        let mut doc = Automerge::load(bytes)
-            .map_err(|e| AppendError::Invalid { code: "bad_snapshot", detail: format!("epoch snapshot: {e}") })?;
-        doc.set_actor(ActorId::random());
-        if crdt::root_map(&doc, crdt::STOCK).is_none() {
-            return Err(AppendError::Invalid { code: "bad_snapshot", detail: "snapshot has no stock map".into() });
-        }
         let last_seq: u64 =
             self.conn.query_row("SELECT COALESCE(MAX(seq), 0) FROM journal", [], |r| r.get(0)).map_err(db_err)?;
         if cut > last_seq {
@@ -194,15 +181,9 @@ impl DocCtx<'_> {
         }
         let effects = journal_effects_after(self.conn, cut)
             .map_err(|e| AppendError::Unavailable(format!("reading the journal: {e:#}")))?;
-        if !effects.is_empty() {
-            let stock = crdt::root_map(&doc, crdt::STOCK).expect("checked above");
-            let mut tx = doc.transaction();
-            crdt::apply_stock(&mut tx, &stock, self.till, &effects)
-                .map_err(|e| AppendError::Unavailable(format!("re-applying the journal: {e}")))?;
-            tx.commit_with(
-                CommitOptions::default().with_message(format!("journal {}..{last_seq} (epoch {epoch})", cut + 1)),
-            );
-        }
+        let message = format!("journal {}..{last_seq} (epoch {epoch})", cut + 1);
+        let doc = crdt::rebase_on_snapshot(bytes, ActorId::random(), self.till, &effects, &message)
+            .map_err(|e| AppendError::Invalid { code: "bad_snapshot", detail: format!("epoch snapshot: {e}") })?;
         let full = doc.save();
         let mut write = || -> rusqlite::Result<()> {
             let tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
