@@ -207,12 +207,8 @@ impl Link {
     }
 
     async fn round(&mut self, state: &Arc<AgentState>, cfg: &SyncConfig, heartbeat: bool) -> Result<Round, Failure> {
-        let reads = state.journal.reads().clone();
         let journal_id = state.journal.identity().journal_id.to_string();
-        let js = tokio::task::spawn_blocking(move || reads.with(|c| upload_view(c, journal_id)))
-            .await
-            .map_err(|e| Failure::Refused(format!("internal: {e}")))?
-            .map_err(|e| Failure::Refused(format!("reading the journal: {e:#}")))?;
+        let js = read_journal(state, move |c| upload_view(c, journal_id)).await?;
         let hub_seq = match self.hub_seq {
             Some(s) => s,
             None => self.learn_hub_seq(&js.journal_id).await?,
@@ -228,26 +224,21 @@ impl Link {
             return Ok(Round::Idle);
         }
         let (limit, max_bytes) = (cfg.batch_events, cfg.batch_bytes);
-        let reads = state.journal.reads().clone();
-        let events = tokio::task::spawn_blocking(move || {
-            reads.with(|c| {
-                let mut page = journal_page(c, hub_seq, limit)?;
-                let mut bytes = 0;
-                let mut keep = 0;
-                for e in &page {
-                    bytes += serde_json::to_vec(e).map(|v| v.len()).unwrap_or(0);
-                    if keep > 0 && bytes > max_bytes {
-                        break;
-                    }
-                    keep += 1;
+        let events = read_journal(state, move |c| {
+            let mut page = journal_page(c, hub_seq, limit)?;
+            let mut bytes = 0;
+            let mut keep = 0;
+            for e in &page {
+                bytes += serde_json::to_vec(e).map(|v| v.len()).unwrap_or(0);
+                if keep > 0 && bytes > max_bytes {
+                    break;
                 }
-                page.truncate(keep);
-                Ok(page)
-            })
+                keep += 1;
+            }
+            page.truncate(keep);
+            Ok(page)
         })
-        .await
-        .map_err(|e| Failure::Refused(format!("internal: {e}")))?
-        .map_err(|e| Failure::Refused(format!("reading the journal: {e:#}")))?;
+        .await?;
         let req = UploadRequest {
             journal_id: js.journal_id.parse().map_err(|e| Failure::Refused(format!("journal id: {e}")))?,
             agent_version: env!("CARGO_PKG_VERSION").to_owned(),
@@ -384,12 +375,9 @@ impl Link {
         let local_hash = match sent.iter().find(|e| e.seq == ack.acked_through) {
             Some(e) => e.hash.clone(),
             None => {
-                let reads = state.journal.reads().clone();
                 let seq = ack.acked_through;
-                tokio::task::spawn_blocking(move || reads.with(|c| journal_page(c, seq - 1, 1)))
-                    .await
-                    .map_err(|e| Failure::Refused(format!("internal: {e}")))?
-                    .map_err(|e| Failure::Refused(format!("reading the journal: {e:#}")))?
+                read_journal(state, move |c| journal_page(c, seq - 1, 1))
+                    .await?
                     .first()
                     .map(|e| e.hash.clone())
                     .unwrap_or_default()
@@ -416,6 +404,18 @@ fn set_status(state: &AgentState, f: impl FnOnce(&mut crate::SyncStatus)) {
     if let Ok(mut s) = state.sync.lock() {
         f(&mut s);
     }
+}
+
+/// Runs a journal read on the blocking pool with a pooled read-only connection.
+async fn read_journal<R: Send + 'static>(
+    state: &AgentState,
+    f: impl FnOnce(&rusqlite::Connection) -> anyhow::Result<R> + Send + 'static,
+) -> Result<R, Failure> {
+    let reads = state.journal.reads().clone();
+    tokio::task::spawn_blocking(move || reads.with(f))
+        .await
+        .map_err(|e| Failure::Refused(format!("internal: {e}")))?
+        .map_err(|e| Failure::Refused(format!("reading the journal: {e:#}")))
 }
 
 /// An error and all its sources, `: `-separated (reqwest's own Display hides the cause).
