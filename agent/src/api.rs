@@ -211,6 +211,8 @@ pub async fn status_value(s: &Arc<AgentState>) -> Result<serde_json::Value, ApiE
         obj.insert("version".into(), json!(env!("CARGO_PKG_VERSION")));
         obj.insert("queue_depth".into(), json!(s.journal.queue_depth()));
         obj.insert("epoch".into(), json!(s.journal.epoch()));
+        let (groups, events) = s.journal.writer_stats().get();
+        obj.insert("writer".into(), json!({"group_commits": groups, "events": events}));
     }
     Ok(v)
 }

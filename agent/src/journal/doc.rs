@@ -35,6 +35,18 @@ pub(crate) enum DocCommand {
     InstallEpoch { epoch: u64, cut: u64, doc: Vec<u8>, reply: oneshot::Sender<Result<(), AppendError>> },
 }
 
+impl DocCommand {
+    /// Answers the command with `e` without running it.
+    pub(super) fn fail(self, e: AppendError) {
+        let _ = match self {
+            DocCommand::Begin { reply }
+            | DocCommand::Receive { reply, .. }
+            | DocCommand::InstallEpoch { reply, .. } => reply.send(Err(e)).map_err(drop),
+            DocCommand::Generate { reply } => reply.send(Err(e)).map_err(drop),
+        };
+    }
+}
+
 fn db_err(e: rusqlite::Error) -> AppendError {
     AppendError::Unavailable(format!("journal write failed: {e}"))
 }
@@ -88,6 +100,7 @@ pub(super) struct DocCtx<'a> {
     pub sync: &'a mut State,
     pub till: &'a str,
     pub pending_changes: &'a mut i64,
+    pub doc_through: &'a mut u64,
 }
 
 impl DocCtx<'_> {
@@ -194,13 +207,16 @@ impl DocCtx<'_> {
                 "INSERT INTO meta (key, value) VALUES ('epoch', ?1) ON CONFLICT (key) DO UPDATE SET value = excluded.value",
                 params![epoch.to_string()],
             )?;
+            super::writer::set_doc_through(&tx, last_seq)?;
             tx.commit()
         };
         write().map_err(db_err)?;
         *self.sync = State::new();
         *self.pending_changes = 0;
+        *self.doc_through = last_seq;
         let mut d = self.docs.write().map_err(|_| AppendError::Unavailable("document lock poisoned".into()))?;
         d.replace(doc, self.till);
+        d.unfolded.clear();
         d.epoch = epoch;
         tracing::info!(epoch, cut, "installed the hub's epoch snapshot");
         Ok(())

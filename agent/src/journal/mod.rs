@@ -8,8 +8,11 @@
 //!   new events (voids).
 //! - `seq` counts from 1 with no gaps; `hash` chains every entry to the one before (see
 //!   [`storesync_shared::canonical`]).
-//! - A journal row and the automerge change it causes are written in the same SQLite transaction, so a crash leaves
-//!   both or neither.
+//! - The journal is the record; the automerge document is a cache derived from it. The document records, in
+//!   `meta.doc_through`, the last journal seq whose stock movement it holds, and that value is written in the same
+//!   SQLite transaction as the document change that moves it. Movements after it are re-derived from the journal
+//!   at start, so a crash can neither lose nor double-count one. The document is always brought up to the journal
+//!   before anything of it leaves the till (see [`writer`]).
 //!
 //! # On-disk layout (`<data-dir>/journal.db`)
 //! - `meta(key, value)`: `store_id`, `till_id`, `journal_id`, `schema_version`;
@@ -17,18 +20,19 @@
 //! - `voids(voided_event_id, void_seq)`, append-only: which events were voided, so a second void is refused;
 //! - `doc_snapshot(id=1, bytes)` and `doc_changes(id, bytes)`: the automerge document as a full save plus the
 //!   incremental changes after it, folded into a new snapshot every [`writer::SNAPSHOT_EVERY`] changes;
+//! - `meta.doc_through`: the journal seq up to which the document holds this till's stock movements;
 //! - `upload_cursor(id=1, acked_seq, acked_hash)`: how far the hub has acknowledged.
 //!
 //! # Concurrency
 //! One writer thread owns the only write connection ([`writer`]). Handlers send it commands over a bounded channel;
 //! it applies every command waiting in the channel in one transaction and commits once (group commit), then
 //! answers each. Readers use their own read-only connections ([`reader`]) and never block the writer. The document
-//! lives in memory behind a lock; readers read it at the heads of the last *committed* change, so nobody sees stock
-//! that a failed commit is about to discard.
+//! lives in memory behind a lock; readers read it at the heads of the last *committed* change plus the committed
+//! movements not yet folded into it, so nobody sees stock that a failed commit is about to discard.
 //!
 //! # Recovery
-//! At start the document is loaded from the snapshot plus the changes, and the chain head from the last journal
-//! row. A failed COMMIT (disk full, I/O error) fails every command of its batch with [`AppendError::Unavailable`]
+//! At start the document is loaded from the snapshot plus the changes, the chain head from the last journal
+//! row, and the stock movements of the journal entries after `doc_through` are re-derived from the journal. A failed COMMIT (disk full, I/O error) fails every command of its batch with [`AppendError::Unavailable`]
 //! and the writer reloads both from the database, so memory never runs ahead of disk.
 
 mod doc;
@@ -60,6 +64,9 @@ pub struct DocState {
     pub committed_heads: Vec<ChangeHash>,
     /// Keys of this till's own stock counters, so the writer can increment without reading them.
     pub own_keys: std::collections::HashSet<String>,
+    /// This till's stock movements that are durably journaled but not yet folded into `doc` (see `writer.rs`).
+    /// Readers add them to what `doc` says.
+    pub unfolded: std::collections::HashMap<String, i64>,
 }
 
 impl DocState {
@@ -70,6 +77,27 @@ impl DocState {
             .unwrap_or_default();
         self.committed_heads = doc.get_heads();
         self.doc = doc;
+    }
+}
+
+/// What the writer has done since the agent started.
+#[derive(Debug, Default)]
+pub struct WriterStats {
+    groups: std::sync::atomic::AtomicU64,
+    events: std::sync::atomic::AtomicU64,
+}
+
+impl WriterStats {
+    fn record_group(&self, events: u64) {
+        use std::sync::atomic::Ordering::Relaxed;
+        self.groups.fetch_add(1, Relaxed);
+        self.events.fetch_add(events, Relaxed);
+    }
+
+    /// Group commits made, and the events they journaled.
+    pub fn get(&self) -> (u64, u64) {
+        use std::sync::atomic::Ordering::Relaxed;
+        (self.groups.load(Relaxed), self.events.load(Relaxed))
     }
 }
 
@@ -110,6 +138,7 @@ pub struct Journal {
     reads: Arc<ReadPool>,
     identity: Arc<Identity>,
     path: PathBuf,
+    stats: Arc<WriterStats>,
 }
 
 /// The file name of the journal database inside the data dir.
@@ -125,11 +154,12 @@ impl Journal {
         let path = data_dir.join(DB_FILE);
         let (conn, identity) = schema::open_writer(&path, identity)?;
         let identity = Arc::new(identity);
-        let (w, docs) = writer::Writer::new(conn, identity.clone())?;
+        let stats = Arc::new(WriterStats::default());
+        let (w, docs) = writer::Writer::new(conn, identity.clone(), stats.clone())?;
         let (tx, rx) = mpsc::channel(QUEUE_BOUND);
         let handle = std::thread::Builder::new().name("journal-writer".into()).spawn(move || w.run(rx))?;
         let reads = Arc::new(ReadPool::new(path.clone(), docs.clone()));
-        Ok((Journal { tx, docs, reads, identity, path }, handle))
+        Ok((Journal { tx, docs, reads, identity, path, stats }, handle))
     }
 
     pub fn identity(&self) -> &Identity {
@@ -146,6 +176,11 @@ impl Journal {
 
     pub fn docs(&self) -> &Arc<RwLock<DocState>> {
         &self.docs
+    }
+
+    /// What the writer has done since the journal was opened.
+    pub fn writer_stats(&self) -> &WriterStats {
+        &self.stats
     }
 
     /// How many commands are waiting for the writer.
@@ -210,5 +245,105 @@ impl Journal {
     /// Records that the hub has acknowledged every entry up to `through` (whose hash is `hash`).
     pub async fn mark_synced(&self, through: u64, hash: String) -> Result<(), AppendError> {
         self.send(|reply| Command::MarkSynced { through, hash, reply }).await?
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+    use storesync_shared::event::{BodyType, parse_request_value};
+
+    use super::*;
+
+    fn open(dir: &Path) -> (Journal, std::thread::JoinHandle<()>) {
+        let claim = IdentityClaim { store_id: Some("s1".into()), till_id: Some("t1".into()) };
+        Journal::open(dir, &claim).expect("open journal")
+    }
+
+    fn close((journal, writer): (Journal, std::thread::JoinHandle<()>)) {
+        drop(journal);
+        writer.join().expect("writer thread");
+    }
+
+    fn sale(sku: &str, qty: i64) -> (Option<Uuid>, EventBody) {
+        let v = json!({
+            "event_id": Uuid::new_v4(), "occurred_at": "2026-11-26T14:05:00+01:00", "currency": "EUR",
+            "lines": [{"sku": sku, "qty": qty, "unit_price_minor": 100, "discount_minor": 0}],
+            "payments": [{"method": "card", "amount_minor": qty * 100}]
+        });
+        parse_request_value(BodyType::Sale, v).expect("valid sale")
+    }
+
+    fn void(target: Uuid) -> (Option<Uuid>, EventBody) {
+        let v = json!({"occurred_at": "2026-11-26T14:06:00+01:00", "voided_event_id": target, "reason": "mistake"});
+        parse_request_value(BodyType::Void, v).expect("valid void")
+    }
+
+    /// (doc_changes rows, doc_through) as stored.
+    fn stored_doc(dir: &Path) -> (i64, Option<String>) {
+        let conn = rusqlite::Connection::open(dir.join(DB_FILE)).expect("open db");
+        let n = conn.query_row("SELECT count(*) FROM doc_changes", [], |r| r.get(0)).expect("count");
+        let through = conn.query_row("SELECT value FROM meta WHERE key = 'doc_through'", [], |r| r.get(0)).ok();
+        (n, through)
+    }
+
+    /// Stock movements reach readers at once, survive a restart before they are folded into the document, are
+    /// folded exactly once before anything is sent to the hub, and are never counted twice across restarts.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn stock_is_right_before_and_after_folding_and_across_restarts() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let j = open(dir.path());
+        let (id, body) = sale("A", 2);
+        j.0.append(id, body).await.expect("sale 1");
+        let (id2, body) = sale("A", 3);
+        j.0.append(id2, body).await.expect("sale 2");
+        let (id, body) = sale("B", 1);
+        j.0.append(id, body).await.expect("sale 3");
+        assert_eq!((j.0.reads().on_hand("A"), j.0.reads().on_hand("B")), (-5, -1));
+        assert_eq!(j.0.writer_stats().get().1, 3);
+        close(j);
+        // Nothing folded yet: the document holds none of it, the journal all of it.
+        assert_eq!(stored_doc(dir.path()), (0, Some("0".into())));
+
+        let j = open(dir.path());
+        assert_eq!((j.0.reads().on_hand("A"), j.0.reads().on_hand("B")), (-5, -1));
+        // A sync message folds first.
+        j.0.doc_sync_begin().await.expect("begin");
+        j.0.doc_sync_generate().await.expect("generate");
+        assert_eq!((j.0.reads().on_hand("A"), j.0.reads().on_hand("B")), (-5, -1));
+        let (id, body) = void(id2.expect("client id"));
+        j.0.append(id, body).await.expect("void of sale 2");
+        assert_eq!(j.0.reads().on_hand("A"), -2);
+        close(j);
+        assert_eq!(stored_doc(dir.path()), (1, Some("3".into())));
+
+        let j = open(dir.path());
+        assert_eq!((j.0.reads().on_hand("A"), j.0.reads().on_hand("B")), (-2, -1));
+        j.0.doc_sync_generate().await.expect("generate");
+        close(j);
+        assert_eq!(stored_doc(dir.path()), (2, Some("4".into())));
+        let j = open(dir.path());
+        assert_eq!((j.0.reads().on_hand("A"), j.0.reads().on_hand("B")), (-2, -1));
+        // Nothing new: a sync message folds nothing.
+        j.0.doc_sync_generate().await.expect("generate");
+        close(j);
+        assert_eq!(stored_doc(dir.path()), (2, Some("4".into())));
+    }
+
+    /// A journal written before `doc_through` existed kept its document in step with every commit.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_journal_without_doc_through_is_read_as_folded() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let j = open(dir.path());
+        let (id, body) = sale("A", 2);
+        j.0.append(id, body).await.expect("sale");
+        j.0.doc_sync_generate().await.expect("generate");
+        close(j);
+        let conn = rusqlite::Connection::open(dir.path().join(DB_FILE)).expect("open db");
+        conn.execute("DELETE FROM meta WHERE key = 'doc_through'", []).expect("forget doc_through");
+        drop(conn);
+        let j = open(dir.path());
+        assert_eq!(j.0.reads().on_hand("A"), -2);
+        close(j);
     }
 }

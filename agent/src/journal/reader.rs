@@ -53,13 +53,14 @@ impl ReadPool {
         out
     }
 
-    /// Stock on hand of `sku` as last committed.
+    /// Stock on hand of `sku` as last committed: the document plus this till's movements not yet folded into it.
     pub fn on_hand(&self, sku: &str) -> i64 {
         let Ok(d) = self.docs.read() else { return 0 };
+        let unfolded = d.unfolded.get(sku).copied().unwrap_or(0);
         let Some(stock) = crdt::root_map(&d.doc, crdt::STOCK) else {
-            return 0;
+            return unfolded;
         };
-        crdt::on_hand(&d.doc, &stock, sku, Some(&d.committed_heads))
+        crdt::on_hand(&d.doc, &stock, sku, Some(&d.committed_heads)) + unfolded
     }
 
     /// The price of `sku` in force now, and the next scheduled change.

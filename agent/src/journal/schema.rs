@@ -139,6 +139,8 @@ pub(super) fn open_writer(path: &Path, claim: &IdentityClaim) -> anyhow::Result<
             tx.execute("INSERT INTO meta (key, value) VALUES ('store_id', ?1)", [&store_id])?;
             tx.execute("INSERT INTO meta (key, value) VALUES ('till_id', ?1)", [&till_id])?;
             tx.execute("INSERT INTO meta (key, value) VALUES ('journal_id', ?1)", [journal_id.to_string()])?;
+            // A new journal's document holds nothing yet (see `writer::doc_through`).
+            tx.execute("INSERT INTO meta (key, value) VALUES ('doc_through', '0')", [])?;
             tx.execute(
                 "INSERT INTO upload_cursor (id, acked_seq, acked_hash) VALUES (1, 0, ?1)",
                 params![storesync_shared::genesis_hash(&store_id, &till_id)],

@@ -5,6 +5,19 @@
 //! answers. Commands in a group are independent: one refused command (a conflict, an unknown void target) writes
 //! nothing and does not affect the others. Only a failing SQLite statement or COMMIT fails the whole group, and
 //! then memory is reloaded from disk.
+//!
+//! # Folding stock movements into the document
+//! A group commit writes journal rows only. Its stock movements go to [`DocState::unfolded`] once the COMMIT has
+//! returned, and readers add them to the document. They are folded into the document as ONE automerge change
+//! ("journal a..b"), stored together with `meta.doc_through = b` in one transaction:
+//! - after [`FOLD_EVERY`] journal entries, once the group that crossed it has been answered;
+//! - before every document sync command, so nothing of this till reaches the hub before it is on disk here (a
+//!   change sent but not stored would be made again after a crash, and counted twice);
+//! - implicitly at an epoch install, which re-derives everything after the hub's cut from the journal.
+//!
+//! Why not one automerge change per group, in the group's own transaction: automerge 0.12 rebuilds a change's
+//! bytes from its columnar op set (`save_after`, `get_change_by_hash`), at a cost that grows with the document, and
+//! that cost then sat in front of every sale. See docs/adr/0001-fold-stock-into-the-document.md.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, RwLock};
@@ -29,7 +42,10 @@ use super::{AppendError, AppendOutcome, Command, DocState};
 /// The most commands one group commit takes.
 pub(crate) const MAX_GROUP: usize = 512;
 /// After this many incremental document changes, the writer folds them into a new snapshot.
-pub(crate) const SNAPSHOT_EVERY: i64 = 4096;
+pub(crate) const SNAPSHOT_EVERY: i64 = 256;
+/// Fold the journal's stock movements into the document after at most this many journal entries. It also bounds
+/// what a restart re-derives from the journal.
+pub(crate) const FOLD_EVERY: u64 = 4096;
 
 pub(crate) struct Writer {
     conn: Connection,
@@ -44,6 +60,9 @@ struct WriterState {
     last_seq: u64,
     last_hash: String,
     pending_changes: i64,
+    /// The last journal seq whose stock movement the document (as stored) holds.
+    doc_through: u64,
+    stats: Arc<super::WriterStats>,
 }
 
 /// Is this SQLite failure about the disk or the file rather than our statement? Then it is a 503.
@@ -103,17 +122,68 @@ fn now_rfc3339() -> String {
     OffsetDateTime::now_utc().format(&Rfc3339).unwrap_or_default()
 }
 
+/// The last journal seq the stored document holds. Journals written before `doc_through` existed kept the document
+/// in step with every commit, so for them it is the last seq.
+pub(super) fn doc_through(conn: &Connection, last_seq: u64) -> rusqlite::Result<u64> {
+    let v: Option<String> =
+        conn.query_row("SELECT value FROM meta WHERE key = 'doc_through'", [], |r| r.get(0)).optional()?;
+    Ok(v.and_then(|v| v.parse().ok()).unwrap_or(last_seq))
+}
+
+pub(super) fn set_doc_through(tx: &Connection, seq: u64) -> rusqlite::Result<()> {
+    tx.execute(
+        "INSERT INTO meta (key, value) VALUES ('doc_through', ?1) ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+        [seq.to_string()],
+    )
+    .map(drop)
+}
+
+/// Everything the writer derives from the database: the document, how many changes follow its snapshot, the chain
+/// head, `doc_through`, and the movements after it.
+struct Loaded {
+    doc: Automerge,
+    pending_changes: i64,
+    last_seq: u64,
+    last_hash: String,
+    doc_through: u64,
+    unfolded: std::collections::HashMap<String, i64>,
+}
+
+fn load_all(conn: &Connection, identity: &Identity) -> anyhow::Result<Loaded> {
+    let (doc, pending_changes) = load_doc(conn)?;
+    let (last_seq, last_hash) = chain_head(conn, identity)?;
+    let doc_through = doc_through(conn, last_seq)?;
+    let unfolded = super::doc::journal_effects_after(conn, doc_through)?.into_iter().collect();
+    Ok(Loaded { doc, pending_changes, last_seq, last_hash, doc_through, unfolded })
+}
+
 impl Writer {
-    pub(super) fn new(conn: Connection, identity: Arc<Identity>) -> anyhow::Result<(Writer, Arc<RwLock<DocState>>)> {
-        let (doc, pending_changes) = load_doc(&conn)?;
-        let (last_seq, last_hash) = chain_head(&conn, &identity)?;
+    pub(super) fn new(
+        conn: Connection,
+        identity: Arc<Identity>,
+        stats: Arc<super::WriterStats>,
+    ) -> anyhow::Result<(Writer, Arc<RwLock<DocState>>)> {
+        let l = load_all(&conn, &identity)?;
         let epoch = super::doc::load_epoch(&conn)?;
         let sync = super::doc::load_sync_state(&conn)?;
-        let mut state =
-            DocState { doc: Automerge::new(), epoch, committed_heads: Vec::new(), own_keys: Default::default() };
-        state.replace(doc, &identity.till_id);
+        let mut state = DocState {
+            doc: Automerge::new(),
+            epoch,
+            committed_heads: Vec::new(),
+            own_keys: Default::default(),
+            unfolded: l.unfolded,
+        };
+        state.replace(l.doc, &identity.till_id);
         let docs = Arc::new(RwLock::new(state));
-        let st = WriterState { identity, docs: docs.clone(), last_seq, last_hash, pending_changes };
+        let st = WriterState {
+            identity,
+            docs: docs.clone(),
+            last_seq: l.last_seq,
+            last_hash: l.last_hash,
+            pending_changes: l.pending_changes,
+            doc_through: l.doc_through,
+            stats,
+        };
         Ok((Writer { conn, st, sync }, docs))
     }
 
@@ -143,6 +213,13 @@ impl Writer {
             if !group.is_empty() {
                 self.process(&mut group);
             }
+            if !doc_cmds.is_empty()
+                && let Err(e) = self.fold()
+            {
+                for c in doc_cmds.drain(..) {
+                    c.fail(e.clone());
+                }
+            }
             for c in doc_cmds {
                 let mut ctx = super::doc::DocCtx {
                     conn: &mut self.conn,
@@ -150,20 +227,46 @@ impl Writer {
                     sync: &mut self.sync,
                     till: &self.st.identity.till_id,
                     pending_changes: &mut self.st.pending_changes,
+                    doc_through: &mut self.st.doc_through,
                 };
                 ctx.run(c);
             }
+            if self.st.last_seq - self.st.doc_through >= FOLD_EVERY
+                && let Err(e) = self.fold()
+            {
+                tracing::error!(error = %e, "folding stock movements into the store document");
+            }
         }
         tracing::debug!("journal writer stopped");
+    }
+
+    /// Folds [`DocState::unfolded`] into the document as one change, stored with the new `doc_through` in one
+    /// transaction. On failure memory is reloaded from disk.
+    fn fold(&mut self) -> Result<(), AppendError> {
+        if self.st.last_seq == self.st.doc_through {
+            return Ok(());
+        }
+        let result = self.st.fold(&mut self.conn);
+        if result.is_err()
+            && let Err(e) = self.reload()
+        {
+            tracing::error!(error = %format!("{e:#}"), "reloading the journal state after a failed fold");
+        }
+        result
     }
 
     fn process(&mut self, group: &mut Vec<Command>) {
         let mut replies = Vec::with_capacity(group.len());
         let result = self.apply_group(group.drain(..), &mut replies);
         match result {
-            Ok(()) => {
-                if let Ok(mut d) = self.st.docs.write() {
-                    d.committed_heads = d.doc.get_heads();
+            Ok((events, deltas)) => {
+                self.st.stats.record_group(events);
+                if !deltas.is_empty()
+                    && let Ok(mut d) = self.st.docs.write()
+                {
+                    for (sku, delta) in deltas {
+                        *d.unfolded.entry(sku).or_insert(0) += delta;
+                    }
                 }
                 for r in replies {
                     r.send();
@@ -184,22 +287,24 @@ impl Writer {
 
     /// Rebuilds the in-memory state from the database after a failed transaction.
     fn reload(&mut self) -> anyhow::Result<()> {
-        let (doc, pending) = load_doc(&self.conn)?;
-        let (seq, hash) = chain_head(&self.conn, &self.st.identity)?;
-        self.st.last_seq = seq;
-        self.st.last_hash = hash;
-        self.st.pending_changes = pending;
+        let l = load_all(&self.conn, &self.st.identity)?;
+        self.st.last_seq = l.last_seq;
+        self.st.last_hash = l.last_hash;
+        self.st.pending_changes = l.pending_changes;
+        self.st.doc_through = l.doc_through;
         if let Ok(mut d) = self.st.docs.write() {
-            d.replace(doc, &self.st.identity.till_id);
+            d.replace(l.doc, &self.st.identity.till_id);
+            d.unfolded = l.unfolded;
         }
         Ok(())
     }
 
+    /// Applies one group in one transaction. Returns how many events it journaled and their stock movements.
     fn apply_group(
         &mut self,
         group: impl Iterator<Item = Command>,
         replies: &mut Vec<Reply>,
-    ) -> Result<(), AppendError> {
+    ) -> Result<(u64, BTreeMap<String, i64>), AppendError> {
         let st = &mut self.st;
         let tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(|e| unavailable(&e))?;
         let start_seq = st.last_seq;
@@ -250,60 +355,77 @@ impl Writer {
             st.last_hash = start_hash;
             return Err(e);
         }
+        let events = st.last_seq - start_seq;
         deltas.retain(|_, d| *d != 0);
-        if !deltas.is_empty()
-            && let Err(e) = st.record_doc_change(&tx, &deltas, start_seq + 1)
-        {
-            st.last_seq = start_seq;
-            st.last_hash = start_hash;
-            return Err(e);
+        match tx.commit() {
+            Ok(()) => Ok((events, deltas)),
+            Err(e) => {
+                st.last_seq = start_seq;
+                st.last_hash = start_hash;
+                Err(unavailable(&e))
+            }
         }
-        tx.commit().map_err(|e| {
-            st.last_seq = start_seq;
-            st.last_hash = start_hash;
-            unavailable(&e)
-        })
     }
 }
 
 impl WriterState {
-    /// Applies the group's stock deltas to the document as one automerge change, tagged with the journal seq range
-    /// it comes from, and stores the change in the same SQLite transaction.
-    fn record_doc_change(
-        &mut self,
-        tx: &Transaction<'_>,
-        deltas: &BTreeMap<String, i64>,
-        first_seq: u64,
-    ) -> Result<(), AppendError> {
-        let mut docs = self.docs.write().map_err(|_| AppendError::Unavailable("document lock poisoned".into()))?;
-        let before = docs.doc.get_heads();
-        let stock = crdt::root_map(&docs.doc, crdt::STOCK)
-            .ok_or_else(|| AppendError::Unavailable("store document has no stock map".into()))?;
-        let state = &mut *docs;
-        let mut am = state.doc.transaction();
-        if let Err(e) = crdt::apply_stock_known(&mut am, &stock, &self.identity.till_id, deltas, &mut state.own_keys) {
-            am.rollback();
-            return Err(AppendError::Unavailable(format!("updating stock counters: {e}")));
-        }
-        let message = format!("journal {first_seq}..{}", self.last_seq);
-        am.commit_with(
-            CommitOptions::default().with_message(message).with_time(OffsetDateTime::now_utc().unix_timestamp()),
-        );
-        let bytes = docs.doc.save_after(&before);
-        drop(docs);
-        tx.execute("INSERT INTO doc_changes (bytes) VALUES (?1)", [&bytes]).map_err(|e| unavailable(&e))?;
-        self.pending_changes += 1;
-        if self.pending_changes >= SNAPSHOT_EVERY {
-            let full = self
-                .docs
-                .read()
-                .map(|d| d.doc.save())
-                .map_err(|_| AppendError::Unavailable("document lock poisoned".into()))?;
-            tx.execute("INSERT OR REPLACE INTO doc_snapshot (id, bytes) VALUES (1, ?1)", [&full])
-                .map_err(|e| unavailable(&e))?;
-            tx.execute("DELETE FROM doc_changes", []).map_err(|e| unavailable(&e))?;
+    /// Folds the unfolded movements (journal entries `doc_through+1..=last_seq`) into the document as one
+    /// automerge change tagged "journal a..b", and stores it with `doc_through = b` in one SQLite transaction.
+    /// Readers see the same stock throughout: they read the old heads plus the unfolded movements until the new
+    /// heads and an empty `unfolded` are swapped in together, after the COMMIT.
+    fn fold(&mut self, conn: &mut Connection) -> Result<(), AppendError> {
+        let poisoned = || AppendError::Unavailable("document lock poisoned".into());
+        let through = self.last_seq;
+        let (bytes, heads) = {
+            let mut docs = self.docs.write().map_err(|_| poisoned())?;
+            let deltas: BTreeMap<String, i64> =
+                docs.unfolded.iter().filter(|(_, d)| **d != 0).map(|(k, d)| (k.clone(), *d)).collect();
+            let before = docs.doc.get_heads();
+            if !deltas.is_empty() {
+                let stock = crdt::root_map(&docs.doc, crdt::STOCK)
+                    .ok_or_else(|| AppendError::Unavailable("store document has no stock map".into()))?;
+                let state = &mut *docs;
+                let mut am = state.doc.transaction();
+                if let Err(e) =
+                    crdt::apply_stock_known(&mut am, &stock, &self.identity.till_id, &deltas, &mut state.own_keys)
+                {
+                    am.rollback();
+                    return Err(AppendError::Unavailable(format!("updating stock counters: {e}")));
+                }
+                let message = format!("journal {}..{through}", self.doc_through + 1);
+                am.commit_with(
+                    CommitOptions::default()
+                        .with_message(message)
+                        .with_time(OffsetDateTime::now_utc().unix_timestamp()),
+                );
+            }
+            let heads = docs.doc.get_heads();
+            let bytes = (heads != before).then(|| docs.doc.save_after(&before));
+            (bytes, heads)
+        };
+        let snapshot = bytes.is_some() && self.pending_changes + 1 >= SNAPSHOT_EVERY;
+        let full = if snapshot { Some(self.docs.read().map_err(|_| poisoned())?.doc.save()) } else { None };
+        let mut write = || -> rusqlite::Result<()> {
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            if let Some(full) = &full {
+                tx.execute("INSERT OR REPLACE INTO doc_snapshot (id, bytes) VALUES (1, ?1)", [full])?;
+                tx.execute("DELETE FROM doc_changes", [])?;
+            } else if let Some(bytes) = &bytes {
+                tx.execute("INSERT INTO doc_changes (bytes) VALUES (?1)", [bytes])?;
+            }
+            set_doc_through(&tx, through)?;
+            tx.commit()
+        };
+        write().map_err(|e| unavailable(&e))?;
+        if full.is_some() {
             self.pending_changes = 0;
+        } else if bytes.is_some() {
+            self.pending_changes += 1;
         }
+        self.doc_through = through;
+        let mut docs = self.docs.write().map_err(|_| poisoned())?;
+        docs.committed_heads = heads;
+        docs.unfolded.clear();
         Ok(())
     }
 }

@@ -319,18 +319,17 @@ async fn post_sale(client: &reqwest::Client, url: &str, i: usize, errors: &Error
     }
 }
 
-/// How many group commits the agent's writer has made so far, read from its database: every group that moves
-/// stock writes exactly one `doc_changes` row (folded away every 4096 groups, hence the snapshot flag).
-fn doc_changes(db: &Path) -> anyhow::Result<i64> {
-    let conn = Connection::open_with_flags(db, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)?;
-    Ok(conn.query_row("SELECT count(*) FROM doc_changes", [], |r| r.get(0))?)
+/// (group commits, events) the agent's writer has made so far, from its status (`writer`).
+async fn writer_counts(client: &reqwest::Client, sales_url: &str) -> Option<(u64, u64)> {
+    let url = sales_url.replace("/v1/sales", "/v1/status");
+    let v: serde_json::Value = client.get(url).send().await.ok()?.json().await.ok()?;
+    Some((v["writer"]["group_commits"].as_u64()?, v["writer"]["events"].as_u64()?))
 }
 
-fn events_per_group(events: u64, before: i64, after: i64) -> f64 {
-    if after <= before {
-        f64::NAN // a snapshot folded the changes away in between
-    } else {
-        events as f64 / (after - before) as f64
+fn events_per_group(before: Option<(u64, u64)>, after: Option<(u64, u64)>) -> f64 {
+    match (before, after) {
+        (Some((g0, e0)), Some((g1, e1))) if g1 > g0 => (e1 - e0) as f64 / (g1 - g0) as f64,
+        _ => f64::NAN,
     }
 }
 
@@ -343,11 +342,11 @@ struct AgentFigures {
     secs: f64,
 }
 
-async fn agent_single(client: &reqwest::Client, url: &str, db: &Path, args: &Args, errors: &Errors) -> AgentFigures {
+async fn agent_single(client: &reqwest::Client, url: &str, args: &Args, errors: &Errors) -> AgentFigures {
     for i in 0..args.warmup {
         post_sale(client, url, i, errors).await;
     }
-    let before = doc_changes(db).unwrap_or(-1);
+    let before = writer_counts(client, url).await;
     let mut lat = Vec::with_capacity(args.single);
     let start = Instant::now();
     let mut ok = 0u64;
@@ -359,14 +358,14 @@ async fn agent_single(client: &reqwest::Client, url: &str, db: &Path, args: &Arg
         }
     }
     let total = start.elapsed();
-    let after = doc_changes(db).unwrap_or(-1);
+    let after = writer_counts(client, url).await;
     let lat = sorted(lat);
     AgentFigures {
         single_rate: ok as f64 / total.as_secs_f64(),
         single_p50: pct(&lat, 50.0),
         single_p99: pct(&lat, 99.0),
         single_max: lat.last().copied().unwrap_or(f64::NAN),
-        single_epg: events_per_group(ok, before, after),
+        single_epg: events_per_group(before, after),
         secs: total.as_secs_f64(),
     }
 }
@@ -375,7 +374,6 @@ async fn agent_single(client: &reqwest::Client, url: &str, db: &Path, args: &Arg
 async fn agent_concurrent(
     client: &reqwest::Client,
     url: &str,
-    db: &Path,
     args: &Args,
     errors: &Arc<Errors>,
 ) -> (f64, f64, f64, f64, f64) {
@@ -394,7 +392,7 @@ async fn agent_concurrent(
     for w in warm {
         w.await.expect("warm-up task");
     }
-    let before = doc_changes(db).unwrap_or(-1);
+    let before = writer_counts(client, url).await;
     let barrier = Arc::new(tokio::sync::Barrier::new(CLIENTS + 1));
     let secs = Duration::from_secs_f64(args.concurrent_secs);
     let tasks: Vec<_> = (0..CLIENTS)
@@ -423,10 +421,10 @@ async fn agent_concurrent(
         lat.extend(t.await.expect("client task"));
     }
     let total = start.elapsed();
-    let after = doc_changes(db).unwrap_or(-1);
+    let after = writer_counts(client, url).await;
     let ok = lat.len() as u64;
     let lat = sorted(lat);
-    let epg = events_per_group(ok, before, after);
+    let epg = events_per_group(before, after);
     (ok as f64 / total.as_secs_f64(), pct(&lat, 50.0), pct(&lat, 99.0), epg, total.as_secs_f64())
 }
 
@@ -459,7 +457,6 @@ fn round(n: usize, base: &Path, args: &Args, rt: &tokio::runtime::Runtime) -> an
         start_agent(&agent_dir, "bench-store", "till-1")
     };
     let url = format!("{}/v1/sales", agent.url);
-    let db = agent_dir.join("journal.db");
     let errors = Arc::new(Errors::default());
     let client = reqwest::Client::builder()
         .http1_only()
@@ -468,7 +465,7 @@ fn round(n: usize, base: &Path, args: &Args, rt: &tokio::runtime::Runtime) -> an
         .timeout(Duration::from_secs(30))
         .build()?;
     let mark = log_len(&agent.log);
-    let single = rt.block_on(agent_single(&client, &url, &db, args, &errors));
+    let single = rt.block_on(agent_single(&client, &url, args, &errors));
     if args.writer_log {
         // The warm-up's groups are in the slice too; they are few next to the measured ones.
         r.writer1 = writer_stats(&agent.log, mark, log_len(&agent.log), single.secs);
@@ -494,7 +491,7 @@ fn round(n: usize, base: &Path, args: &Args, rt: &tokio::runtime::Runtime) -> an
 
     // 5. the agent, 16 clients.
     let mark = log_len(&agent.log);
-    let (rate, p50, p99, epg, secs) = rt.block_on(agent_concurrent(&client, &url, &db, args, &errors));
+    let (rate, p50, p99, epg, secs) = rt.block_on(agent_concurrent(&client, &url, args, &errors));
     if args.writer_log {
         r.writer16 = writer_stats(&agent.log, mark, log_len(&agent.log), secs);
     }
