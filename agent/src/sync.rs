@@ -480,10 +480,19 @@ pub async fn run(state: Arc<AgentState>, cfg: SyncConfig, shutdown: Cancellation
                     set_status(&state, |s| s.last_error = Some(format!("{e:#}")));
                 }
             }
-            // Not enrolled: look again when woken (enrolment while running) or every few seconds.
+            // Not enrolled: look again every few seconds, at a sync-now, or when a new event arrives, but then at
+            // most once a second (every sale wakes this task; reading the credential file per sale is waste).
+            let checked = tokio::time::Instant::now();
             tokio::select! {
                 () = shutdown.cancelled() => break,
-                () = state.sync_wake.notified() => {}
+                () = state.sync_wake.notified() => {
+                    tokio::select! {
+                        () = shutdown.cancelled() => break,
+                        () = state.sync_now.notified() => {}
+                        () = tokio::time::sleep_until(checked + Duration::from_secs(1)) => {}
+                    }
+                }
+                () = state.sync_now.notified() => {}
                 () = tokio::time::sleep(Duration::from_secs(5)) => {}
             }
             continue;

@@ -125,8 +125,18 @@ pub enum AppendError {
 }
 
 pub(crate) enum Command {
-    Append { event_id: Option<Uuid>, body: EventBody, reply: oneshot::Sender<Result<AppendOutcome, AppendError>> },
-    MarkSynced { through: u64, hash: String, reply: oneshot::Sender<Result<(), AppendError>> },
+    Append {
+        event_id: Option<Uuid>,
+        body: EventBody,
+        /// `body`'s canonical JSON, made by the caller so the writer's critical path does not.
+        canonical: String,
+        reply: oneshot::Sender<Result<AppendOutcome, AppendError>>,
+    },
+    MarkSynced {
+        through: u64,
+        hash: String,
+        reply: oneshot::Sender<Result<(), AppendError>>,
+    },
     Doc(doc::DocCommand),
 }
 
@@ -214,7 +224,9 @@ impl Journal {
 
     /// Journals one event. Answers only after its COMMIT has returned.
     pub async fn append(&self, event_id: Option<Uuid>, body: EventBody) -> Result<AppendOutcome, AppendError> {
-        self.send(|reply| Command::Append { event_id, body, reply }).await?
+        let canonical = String::from_utf8(body.canonical())
+            .map_err(|_| AppendError::Invalid { code: "invalid_body", detail: "body is not UTF-8".into() })?;
+        self.send(|reply| Command::Append { event_id, body, canonical, reply }).await?
     }
 
     /// Starts a document sync session with the hub: forgets what was in flight in an earlier, broken session.

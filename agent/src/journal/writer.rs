@@ -311,14 +311,16 @@ impl Writer {
         let start_hash = st.last_hash.clone();
         let mut deltas: BTreeMap<String, i64> = BTreeMap::new();
         let mut outcome = Ok(());
+        let recorded_at = now_rfc3339();
         for cmd in group {
             if outcome.is_err() {
                 replies.push(Reply::pending(cmd));
                 continue;
             }
             match cmd {
-                Command::Append { event_id, body, reply } => {
-                    match append_one(&tx, &st.identity, &mut st.last_seq, &mut st.last_hash, event_id, &body) {
+                Command::Append { event_id, body, canonical, reply } => {
+                    let ev = NewEvent { event_id, body: &body, canonical: &canonical, recorded_at: &recorded_at };
+                    match append_one(&tx, &st.identity, &mut st.last_seq, &mut st.last_hash, ev) {
                         Ok((res, effect)) => {
                             for (sku, d) in effect {
                                 *deltas.entry(sku).or_insert(0) += d;
@@ -333,10 +335,10 @@ impl Writer {
                 }
                 Command::MarkSynced { through, hash, reply } => {
                     let r = tx
-                        .execute(
+                        .prepare_cached(
                             "UPDATE upload_cursor SET acked_seq = ?1, acked_hash = ?2 WHERE id = 1 AND acked_seq < ?1",
-                            params![through, hash],
                         )
+                        .and_then(|mut s| s.execute(params![through, hash]))
                         .map(drop);
                     match r {
                         Ok(()) => replies.push(Reply::Synced(reply, Ok(()))),
@@ -432,6 +434,16 @@ impl WriterState {
 
 type AppendResult = Result<AppendOutcome, AppendError>;
 
+/// One event to journal.
+struct NewEvent<'a> {
+    event_id: Option<Uuid>,
+    body: &'a EventBody,
+    /// `body`'s canonical JSON.
+    canonical: &'a str,
+    /// When the group was applied (RFC 3339), the same for every event of a group.
+    recorded_at: &'a str,
+}
+
 /// Journals one event inside the group's transaction. `Ok((Err(..), _))` is a refusal that wrote nothing;
 /// `Err(..)` is a database failure that dooms the whole group.
 fn append_one(
@@ -439,20 +451,17 @@ fn append_one(
     identity: &Identity,
     last_seq: &mut u64,
     last_hash: &mut String,
-    event_id: Option<Uuid>,
-    body: &EventBody,
+    ev: NewEvent<'_>,
 ) -> rusqlite::Result<(AppendResult, BTreeMap<String, i64>)> {
+    let NewEvent { event_id, body, canonical, recorded_at } = ev;
     let kind = body.kind();
-    let canonical = body.canonical();
-    let canonical_text = String::from_utf8_lossy(&canonical).into_owned();
     if let Some(id) = event_id {
         let existing: Option<(u64, String, String, String)> = tx
-            .query_row("SELECT seq, kind, body, hash FROM journal WHERE event_id = ?1", [id.to_string()], |r| {
-                Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
-            })
+            .prepare_cached("SELECT seq, kind, body, hash FROM journal WHERE event_id = ?1")?
+            .query_row([id.to_string()], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))
             .optional()?;
         if let Some((seq, k, b, hash)) = existing {
-            let res = if k == kind.as_str() && b == canonical_text {
+            let res = if k == kind.as_str() && b == canonical {
                 Ok(AppendOutcome::Existing(Receipt { event_id: id, seq, hash }))
             } else {
                 Err(AppendError::Conflict {
@@ -478,28 +487,26 @@ fn append_one(
         seq,
         event_id,
         kind,
-        body: &canonical,
+        body: canonical.as_bytes(),
         prev_hash: last_hash,
     });
-    tx.execute(
+    tx.prepare_cached(
         "INSERT INTO journal (seq, event_id, kind, occurred_at, recorded_at, body, prev_hash, hash)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
-        params![
-            seq,
-            event_id.to_string(),
-            kind.as_str(),
-            body.occurred_at(),
-            now_rfc3339(),
-            canonical_text,
-            &*last_hash,
-            hash
-        ],
-    )?;
+    )?
+    .execute(params![
+        seq,
+        event_id.to_string(),
+        kind.as_str(),
+        body.occurred_at(),
+        recorded_at,
+        canonical,
+        &*last_hash,
+        hash
+    ])?;
     if let EventBody::Void(v) = body {
-        tx.execute(
-            "INSERT INTO voids (voided_event_id, void_seq) VALUES (?1, ?2)",
-            params![v.voided_event_id.to_string(), seq],
-        )?;
+        tx.prepare_cached("INSERT INTO voids (voided_event_id, void_seq) VALUES (?1, ?2)")?
+            .execute(params![v.voided_event_id.to_string(), seq])?;
     }
     *last_seq = seq;
     *last_hash = hash.clone();
@@ -509,9 +516,8 @@ fn append_one(
 /// The stock effect of voiding `target`, or why it cannot be voided.
 fn void_effect(tx: &Transaction<'_>, target: Uuid) -> rusqlite::Result<Result<BTreeMap<String, i64>, AppendError>> {
     let row: Option<(String, String)> = tx
-        .query_row("SELECT kind, body FROM journal WHERE event_id = ?1", [target.to_string()], |r| {
-            Ok((r.get(0)?, r.get(1)?))
-        })
+        .prepare_cached("SELECT kind, body FROM journal WHERE event_id = ?1")?
+        .query_row([target.to_string()], |r| Ok((r.get(0)?, r.get(1)?)))
         .optional()?;
     let Some((kind, body)) = row else {
         return Ok(Err(AppendError::Invalid {
@@ -527,7 +533,8 @@ fn void_effect(tx: &Transaction<'_>, target: Uuid) -> rusqlite::Result<Result<BT
         }));
     }
     let already: Option<u64> = tx
-        .query_row("SELECT void_seq FROM voids WHERE voided_event_id = ?1", [target.to_string()], |r| r.get(0))
+        .prepare_cached("SELECT void_seq FROM voids WHERE voided_event_id = ?1")?
+        .query_row([target.to_string()], |r| r.get(0))
         .optional()?;
     if let Some(seq) = already {
         return Ok(Err(AppendError::Conflict {
