@@ -28,13 +28,15 @@
 //! it applies every command waiting in the channel in one transaction and commits once (group commit), then
 //! answers each. Readers use their own read-only connections ([`reader`]) and never block the writer. The document
 //! lives in memory behind a lock; readers read it at the heads of the last *committed* change plus the committed
-//! movements not yet folded into it, so nobody sees stock that a failed commit is about to discard.
+//! movements not yet folded into it, so nobody sees stock that a failed commit is about to discard. WAL checkpoints
+//! run on their own thread and connection ([`checkpoint`]), never inside a group's COMMIT.
 //!
 //! # Recovery
 //! At start the document is loaded from the snapshot plus the changes, the chain head from the last journal
 //! row, and the stock movements of the journal entries after `doc_through` are re-derived from the journal. A failed COMMIT (disk full, I/O error) fails every command of its batch with [`AppendError::Unavailable`]
 //! and the writer reloads both from the database, so memory never runs ahead of disk.
 
+mod checkpoint;
 mod doc;
 mod reader;
 mod schema;

@@ -48,6 +48,7 @@ pub(crate) const SNAPSHOT_EVERY: i64 = 256;
 pub(crate) const FOLD_EVERY: u64 = 4096;
 
 pub(crate) struct Writer {
+    _checkpoints: super::checkpoint::Checkpointer,
     conn: Connection,
     st: WriterState,
     sync: automerge::sync::State,
@@ -163,6 +164,10 @@ impl Writer {
         identity: Arc<Identity>,
         stats: Arc<super::WriterStats>,
     ) -> anyhow::Result<(Writer, Arc<RwLock<DocState>>)> {
+        // Checkpoints run on their own thread (see `checkpoint`).
+        conn.pragma_update(None, "wal_autocheckpoint", 0)?;
+        let path = conn.path().map(std::path::PathBuf::from).context("the journal has no file")?;
+        let checkpoints = super::checkpoint::Checkpointer::start(&path)?;
         let l = load_all(&conn, &identity)?;
         let epoch = super::doc::load_epoch(&conn)?;
         let sync = super::doc::load_sync_state(&conn)?;
@@ -184,7 +189,7 @@ impl Writer {
             doc_through: l.doc_through,
             stats,
         };
-        Ok((Writer { conn, st, sync }, docs))
+        Ok((Writer { _checkpoints: checkpoints, conn, st, sync }, docs))
     }
 
     /// Runs until every sender is dropped and the queue is drained.

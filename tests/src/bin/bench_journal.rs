@@ -294,26 +294,66 @@ impl Errors {
     }
 }
 
-/// POSTs one sale; `Ok(true)` on 201, `Ok(false)` (recorded as an error) on anything else.
-async fn post_sale(client: &reqwest::Client, url: &str, i: usize, errors: &Errors) -> bool {
-    let (_, body) = sale_body(i);
-    let res = client.post(url).header("content-type", "application/json").body(body).send().await;
-    match res {
-        Ok(r) if r.status() == reqwest::StatusCode::CREATED => match r.bytes().await {
-            Ok(_) => true,
-            Err(e) => {
-                errors.record(format!("reading a 201 body: {e}")).await;
-                false
+/// One keep-alive HTTP/1.1 connection to the agent, driven by hyper's bare client connection: the POS side of the
+/// benchmark shares the agent's 2 cores, so it should cost as little CPU as it can (reqwest's pool, timeouts and
+/// redirect handling cost about as much CPU as the agent's own request handling).
+struct Conn {
+    send: hyper::client::conn::http1::SendRequest<http_body_util::Full<bytes::Bytes>>,
+    url: hyper::Uri,
+    host: String,
+}
+
+impl Conn {
+    async fn open(url: &str) -> anyhow::Result<Conn> {
+        let url: hyper::Uri = url.parse()?;
+        let host = url.authority().context("url without host")?.to_string();
+        let stream = tokio::net::TcpStream::connect(&host).await?;
+        stream.set_nodelay(true)?;
+        let (send, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await?;
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                eprintln!("bench connection ended: {e}");
             }
-        },
-        Ok(r) => {
-            let status = r.status();
-            let text = r.text().await.unwrap_or_default();
-            errors.record(format!("{status}: {text}")).await;
+        });
+        Ok(Conn { send, url, host })
+    }
+}
+
+/// POSTs one sale; `true` on 201, `false` (recorded as an error) on anything else.
+async fn post_sale(conn: &mut Conn, i: usize, errors: &Errors) -> bool {
+    use http_body_util::BodyExt;
+    let (_, body) = sale_body(i);
+    let req = hyper::Request::post(conn.url.clone())
+        .header(hyper::header::HOST, &conn.host)
+        .header(hyper::header::CONTENT_TYPE, "application/json")
+        .body(http_body_util::Full::new(bytes::Bytes::from(body)));
+    let req = match req {
+        Ok(r) => r,
+        Err(e) => {
+            errors.record(format!("building a request: {e}")).await;
+            return false;
+        }
+    };
+    if let Err(e) = conn.send.ready().await {
+        errors.record(format!("connection not ready: {e}")).await;
+        return false;
+    }
+    let res = match conn.send.send_request(req).await {
+        Ok(r) => r,
+        Err(e) => {
+            errors.record(format!("request failed: {e}")).await;
+            return false;
+        }
+    };
+    let status = res.status();
+    match res.into_body().collect().await {
+        Ok(_) if status == hyper::StatusCode::CREATED => true,
+        Ok(b) => {
+            errors.record(format!("{status}: {}", String::from_utf8_lossy(&b.to_bytes()))).await;
             false
         }
         Err(e) => {
-            errors.record(format!("request failed: {e}")).await;
+            errors.record(format!("reading a {status} body: {e}")).await;
             false
         }
     }
@@ -343,8 +383,22 @@ struct AgentFigures {
 }
 
 async fn agent_single(client: &reqwest::Client, url: &str, args: &Args, errors: &Errors) -> AgentFigures {
+    let mut conn = match Conn::open(url).await {
+        Ok(c) => c,
+        Err(e) => {
+            errors.record(format!("connecting: {e:#}")).await;
+            return AgentFigures {
+                single_rate: f64::NAN,
+                single_p50: f64::NAN,
+                single_p99: f64::NAN,
+                single_max: f64::NAN,
+                single_epg: f64::NAN,
+                secs: f64::NAN,
+            };
+        }
+    };
     for i in 0..args.warmup {
-        post_sale(client, url, i, errors).await;
+        post_sale(&mut conn, i, errors).await;
     }
     let before = writer_counts(client, url).await;
     let mut lat = Vec::with_capacity(args.single);
@@ -352,7 +406,7 @@ async fn agent_single(client: &reqwest::Client, url: &str, args: &Args, errors: 
     let mut ok = 0u64;
     for i in 0..args.single {
         let t = Instant::now();
-        if post_sale(client, url, i, errors).await {
+        if post_sale(&mut conn, i, errors).await {
             lat.push(ms(t.elapsed()));
             ok += 1;
         }
@@ -377,35 +431,36 @@ async fn agent_concurrent(
     args: &Args,
     errors: &Arc<Errors>,
 ) -> (f64, f64, f64, f64, f64) {
-    // Warm every pooled connection first.
-    let warm: Vec<_> = (0..CLIENTS)
-        .map(|c| {
-            let (client, url, errors) = (client.clone(), url.to_owned(), errors.clone());
-            let n = args.warmup.min(10);
-            tokio::spawn(async move {
-                for i in 0..n {
-                    post_sale(&client, &url, c * 1000 + i, &errors).await;
-                }
-            })
-        })
-        .collect();
-    for w in warm {
-        w.await.expect("warm-up task");
-    }
-    let before = writer_counts(client, url).await;
+    // Every client opens its connection and warms it first; the clock starts once all are warm.
+    let warmed = Arc::new(tokio::sync::Barrier::new(CLIENTS + 1));
     let barrier = Arc::new(tokio::sync::Barrier::new(CLIENTS + 1));
     let secs = Duration::from_secs_f64(args.concurrent_secs);
+    let warmup = args.warmup.min(10);
     let tasks: Vec<_> = (0..CLIENTS)
         .map(|c| {
-            let (client, url, errors, barrier) = (client.clone(), url.to_owned(), errors.clone(), barrier.clone());
+            let (url, errors, barrier, warmed) = (url.to_owned(), errors.clone(), barrier.clone(), warmed.clone());
             tokio::spawn(async move {
                 let mut lat = Vec::new();
+                let mut conn = match Conn::open(&url).await {
+                    Ok(c) => Some(c),
+                    Err(e) => {
+                        errors.record(format!("connecting: {e:#}")).await;
+                        None
+                    }
+                };
+                if let Some(conn) = conn.as_mut() {
+                    for i in 0..warmup {
+                        post_sale(conn, c * 1000 + i, &errors).await;
+                    }
+                }
+                warmed.wait().await;
                 barrier.wait().await;
+                let Some(mut conn) = conn else { return lat };
                 let deadline = Instant::now() + secs;
                 let mut i = c;
                 while Instant::now() < deadline {
                     let t = Instant::now();
-                    if post_sale(&client, &url, i, &errors).await {
+                    if post_sale(&mut conn, i, &errors).await {
                         lat.push(ms(t.elapsed()));
                     }
                     i += CLIENTS;
@@ -414,6 +469,8 @@ async fn agent_concurrent(
             })
         })
         .collect();
+    warmed.wait().await;
+    let before = writer_counts(client, url).await;
     barrier.wait().await;
     let start = Instant::now();
     let mut lat = Vec::new();
