@@ -981,5 +981,6 @@ async fn admin_doc(
         "epoch": meta.epoch,
         "changes_since_epoch": meta.changes_since_epoch,
         "saved_bytes": meta.saved_bytes,
+        "epoch_bytes": meta.epoch_bytes,
     })))
 }

@@ -45,7 +45,9 @@ pub struct SyncLimits {
     pub max_doc_bytes: u64,
     /// Compact once the epoch holds more than this many changes...
     pub compact_after_changes: u64,
-    /// ...or once the stored document is bigger than this.
+    /// ...or once the stored document has grown by more than this since the epoch's first document. Load time
+    /// grows with the document (automerge 0.12 loads ~2-4 MB/s of history here), so this bounds how long a till
+    /// or the hub takes to load a store's document; see docs/BENCHMARKS.md, CRDT section.
     pub compact_after_bytes: u64,
     /// Fold the stored chunks into a new snapshot every this many chunks.
     pub fold_every: u64,
@@ -58,8 +60,8 @@ impl Default for SyncLimits {
         SyncLimits {
             max_message_bytes: 8 * 1024 * 1024,
             max_doc_bytes: 32 * 1024 * 1024,
-            compact_after_changes: 50_000,
-            compact_after_bytes: 16 * 1024 * 1024,
+            compact_after_changes: 10_000,
+            compact_after_bytes: 512 * 1024,
             fold_every: 1_000,
             cache_stores: 256,
         }
@@ -397,10 +399,12 @@ impl Docs {
         out.pop().map(|(_, meta)| meta).ok_or_else(|| DocError::Corrupt("no write result".into()))
     }
 
-    /// Whether a store's epoch is due for compaction.
+    /// Whether a store's epoch is due for compaction: too many changes, or it has grown by more than
+    /// `compact_after_bytes` since its first document (so a catalogue whose snapshot alone is big does not compact
+    /// after every change).
     pub fn due(&self, meta: &DocMeta) -> bool {
         meta.changes_since_epoch > self.limits.compact_after_changes
-            || meta.saved_bytes > self.limits.compact_after_bytes
+            || meta.saved_bytes.saturating_sub(meta.epoch_bytes) > self.limits.compact_after_bytes
     }
 
     /// Closes the store's epoch and starts the next one (see the module note).
@@ -464,6 +468,27 @@ mod tests {
         assert_eq!(crdt::all_stock(&doc, &stock, None), base);
         assert_eq!(doc.get_changes(&[]).len(), 2, "genesis plus one change");
         assert_eq!(crdt::root_map(&doc, crdt::STOCK), crdt::root_map(&crdt::genesis(), crdt::STOCK));
+    }
+
+    #[test]
+    fn compaction_is_due_on_growth_since_the_epoch_not_on_the_snapshot_size() {
+        let dir = tempfile::tempdir().unwrap();
+        let limits = SyncLimits { compact_after_changes: 100, compact_after_bytes: 1_000, ..SyncLimits::default() };
+        let docs = Docs::new(Arc::new(SqliteStorage::open(&dir.path().join("hub.db")).unwrap()), limits);
+        let meta = |changes, saved_bytes, epoch_bytes| DocMeta {
+            epoch: 1,
+            version: 1,
+            changes_since_epoch: changes,
+            saved_bytes,
+            chunks: 0,
+            epoch_bytes,
+        };
+        // A big catalogue's snapshot alone is over the byte limit: not due.
+        assert!(!docs.due(&meta(1, 5_000, 4_500)));
+        assert!(!docs.due(&meta(1, 5_500, 4_500)));
+        assert!(docs.due(&meta(1, 5_501, 4_500)));
+        assert!(docs.due(&meta(101, 10, 0)));
+        assert!(!docs.due(&meta(100, 1_000, 0)));
     }
 
     #[test]

@@ -369,7 +369,10 @@ fn documents_are_written_optimistically<S: Storage>(s: &S) {
         other => panic!("{other:?}"),
     }
     let metas = s.doc_apply(&[write("S1", 0, 0, b"c1")], NOW).unwrap();
-    assert_eq!(metas[0], DocMeta { epoch: 0, version: 1, changes_since_epoch: 1, saved_bytes: 2, chunks: 1 });
+    assert_eq!(
+        metas[0],
+        DocMeta { epoch: 0, version: 1, changes_since_epoch: 1, saved_bytes: 2, chunks: 1, epoch_bytes: 0 }
+    );
     let mut w = write("S1", 0, 1, b"c2-");
     w.sync_state = Some(("T1".into(), b"state-1".to_vec()));
     w.movements = vec![movement("A", 5), movement("A", -2), movement("B", 1)];
@@ -544,6 +547,8 @@ fn compaction_cuts_and_base_come_from_the_journal<S: Storage>(s: &S) {
     ]);
     assert_eq!(rec.base, base, "10 - 1 - 3 - 3 for SKU-1; SKU-2's sale is voided");
     assert_eq!(s.epoch_record("S1").unwrap().map(|r| r.epoch), Some(2));
+    let meta = s.doc_load("S1", None).unwrap().meta();
+    assert_eq!((meta.epoch, meta.saved_bytes, meta.epoch_bytes), (2, 11, 11), "the epoch's document is all it holds");
 }
 
 fn failed_compaction_changes_nothing<S: Storage>(s: &S) {

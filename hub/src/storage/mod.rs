@@ -187,6 +187,9 @@ pub struct DocMeta {
     pub saved_bytes: u64,
     /// Chunks stored after the snapshot (folded into a new snapshot every so often).
     pub chunks: u64,
+    /// Bytes of the epoch's first document (its snapshot from compaction; 0 for epoch 0's genesis). What the epoch
+    /// has grown by is `saved_bytes - epoch_bytes`.
+    pub epoch_bytes: u64,
 }
 
 /// A store's document as read from storage.

@@ -405,8 +405,9 @@ fn record_health(
 /// A store's `store_docs` row: its meta and the version its snapshot was taken at.
 fn read_doc_meta(conn: &Connection, store: &str) -> Result<Option<(DocMeta, u64)>, rusqlite::Error> {
     conn.query_row(
-        "SELECT epoch, version, changes_since_epoch, saved_bytes, chunks, snapshot_version
-         FROM store_docs WHERE store = ?1",
+        "SELECT epoch, version, changes_since_epoch, saved_bytes, chunks, snapshot_version,
+                COALESCE((SELECT length(e.doc) FROM epochs e WHERE e.store = d.store AND e.epoch = d.epoch), 0)
+         FROM store_docs d WHERE store = ?1",
         params![store],
         |r| {
             Ok((
@@ -416,6 +417,7 @@ fn read_doc_meta(conn: &Connection, store: &str) -> Result<Option<(DocMeta, u64)
                     changes_since_epoch: to_u64(r.get(2)?),
                     saved_bytes: to_u64(r.get(3)?),
                     chunks: to_u64(r.get(4)?),
+                    epoch_bytes: to_u64(r.get(6)?),
                 },
                 to_u64(r.get(5)?),
             ))

@@ -5,12 +5,15 @@
 //! - head office stocks the store (one receipt and one price per SKU, `--skus` SKUs) before the first sale;
 //! - `--tills` tills take turns selling; every till journals its sales (compactly here, as (SKU, qty) lines; they
 //!   become real sale bodies for `crdt::journal_effects`) and commits one automerge change per group of `--group`
-//!   sales on its own counters (`crdt::apply_stock_known`), like the agent's group commit;
+//!   sales on its own counters (`crdt::apply_stock_known`), like the agent's fold (the agent folds its journal's
+//!   stock movements into one change before every sync session, and after at most 4,096 entries);
 //! - every `--sync-every` groups a till uploads its journal (the hub's `hub_seq` catches up) and runs a CRDT sync
 //!   session with the hub (encoded messages both ways, the hub's per-till `sync::State` kept as `State::encode`
 //!   between rounds, like `Docs::sync_round`); head office books a receipt every `--receipt-every` sessions;
-//! - after a sync round the hub compacts when the epoch holds more than `--compact-after` changes (hub/src/docs.rs
-//!   `SyncLimits::compact_after_changes`): base = journal effects up to each till's cut (`crdt::journal_effects`)
+//! - after a sync round the hub compacts when the epoch holds more than `--compact-after` changes or its stored
+//!   bytes (the epoch snapshot plus every change received since, as the hub stores them) pass
+//!   `--compact-after-bytes` (hub/src/docs.rs `SyncLimits::compact_after_changes` / `compact_after_bytes`, whose
+//!   defaults these are): base = journal effects up to each till's cut (`crdt::journal_effects`)
 //!   plus every head-office movement, new document = `crdt::epoch_doc`; a till in an older epoch installs the
 //!   snapshot and re-applies its journal after its cut (`crdt::rebase_on_snapshot`), like the agent.
 //!
@@ -38,6 +41,7 @@ use clap::Parser;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde_json::{Value, json};
+use storesync_hub::docs::SyncLimits;
 use storesync_shared::EventKind;
 use storesync_shared::crdt::{self, Price};
 use uuid::Uuid;
@@ -56,18 +60,21 @@ struct Args {
     skus: u32,
     #[arg(long, default_value_t = 3)]
     tills: usize,
-    /// Sales per automerge change (the agent's group commit).
-    #[arg(long, default_value_t = 16)]
+    /// Sales per automerge change (the agent folds all its sales since the last sync session into one change).
+    #[arg(long, default_value_t = 512)]
     group: usize,
     /// A till uploads and syncs every this many groups.
-    #[arg(long, default_value_t = 32)]
+    #[arg(long, default_value_t = 1)]
     sync_every: usize,
     /// Head office books a receipt every this many sync sessions.
     #[arg(long, default_value_t = 10)]
     receipt_every: u64,
     /// Compact once the epoch holds more than this many changes; 0 never compacts.
-    #[arg(long, default_value_t = 50_000)]
+    #[arg(long, default_value_t = SyncLimits::default().compact_after_changes)]
     compact_after: u64,
+    /// ...or once the hub stores more than this many bytes of it; 0 never compacts on size.
+    #[arg(long, default_value_t = SyncLimits::default().compact_after_bytes)]
+    compact_after_bytes: u64,
     /// Where the saved documents go.
     #[arg(long, default_value = "/tmp/bench_crdt")]
     dir: PathBuf,
@@ -119,6 +126,10 @@ struct Hub {
     doc: Automerge,
     epoch: u64,
     changes_since_epoch: u64,
+    /// What the hub's storage holds of the epoch: its snapshot plus every change received or made since.
+    stored_bytes: u64,
+    /// The size of the epoch's snapshot (0 for epoch 0).
+    epoch_bytes: u64,
     states: BTreeMap<usize, Vec<u8>>,
     hub_seq: Vec<usize>,
     cuts: Vec<usize>,
@@ -150,7 +161,9 @@ impl Hub {
         if let Some(m) = message {
             let before = self.doc.get_heads();
             self.doc.receive_sync_message(&mut state, m)?;
-            self.changes_since_epoch += self.doc.get_changes(&before).len() as u64;
+            let changes = self.doc.get_changes(&before);
+            self.changes_since_epoch += changes.len() as u64;
+            self.stored_bytes += changes.iter().map(|c| c.raw_bytes().len() as u64).sum::<u64>();
         }
         let ours = self.doc.get_heads();
         let reply = self.doc.generate_sync_message(&mut state);
@@ -171,6 +184,7 @@ impl Hub {
         crdt::apply_stock(&mut tx, &stock, crdt::HUB_WRITER, deltas)?;
         tx.commit_with(CommitOptions::default().with_time(self.now).with_message("head-office stock".to_owned()));
         self.changes_since_epoch += 1;
+        self.stored_bytes += self.doc.get_last_local_change().map_or(0, |c| c.raw_bytes().len() as u64);
         Ok(())
     }
 
@@ -187,6 +201,8 @@ impl Hub {
         let now = crdt::normalize_instant(time::OffsetDateTime::from_unix_timestamp(self.now)?);
         let bytes = crdt::epoch_doc(ActorId::random(), &base, &prices, &now, self.now)?.save();
         self.doc = Automerge::load(&bytes)?.with_actor(ActorId::random());
+        self.stored_bytes = bytes.len() as u64;
+        self.epoch_bytes = bytes.len() as u64;
         self.snapshot = Some(bytes);
         self.epoch += 1;
         self.changes_since_epoch = 0;
@@ -379,6 +395,8 @@ fn run(args: &Args) -> anyhow::Result<()> {
         doc: crdt::genesis().with_actor(ActorId::random()),
         epoch: 0,
         changes_since_epoch: 0,
+        stored_bytes: 0,
+        epoch_bytes: 0,
         states: BTreeMap::new(),
         hub_seq: vec![0; args.tills],
         cuts: vec![0; args.tills],
@@ -403,6 +421,7 @@ fn run(args: &Args) -> anyhow::Result<()> {
         crdt::set_price(&mut tx, &prices, &sku(i), &p)?;
     }
     tx.commit_with(CommitOptions::default().with_time(T0).with_message("head-office prices".to_owned()));
+    hub.stored_bytes += hub.doc.get_last_local_change().map_or(0, |c| c.raw_bytes().len() as u64);
 
     let mut tills: Vec<Till> = (0..args.tills).map(|_| Till::fresh()).collect();
     let mut journals: Vec<Vec<Sale>> = vec![Vec::new(); args.tills];
@@ -441,11 +460,16 @@ fn run(args: &Args) -> anyhow::Result<()> {
                 let receipt = BTreeMap::from([(sku(rng.random_range(0..args.skus)), 24)]);
                 hub.commit_stock(&receipt)?;
             }
-            if args.compact_after > 0 && hub.changes_since_epoch > args.compact_after {
-                if compactions == 0 {
-                    // The largest the document gets: measured once, right before the first compaction.
-                    let path = args.dir.join("hub-before-compaction.automerge");
-                    std::fs::write(&path, hub.doc.save())?;
+            let due = (args.compact_after > 0 && hub.changes_since_epoch > args.compact_after)
+                || (args.compact_after_bytes > 0
+                    && hub.stored_bytes.saturating_sub(hub.epoch_bytes) > args.compact_after_bytes);
+            if due {
+                // The largest the document gets is right before a compaction: keep the largest such one.
+                let bytes = hub.doc.save();
+                let path = args.dir.join("hub-before-compaction.automerge");
+                let larger = std::fs::metadata(&path).ok().is_none_or(|m| bytes.len() as u64 > m.len());
+                if peak.is_none() || larger {
+                    std::fs::write(&path, &bytes)?;
                     let changes = hub.doc.get_changes(&[]).len();
                     peak = Some((path, sold, changes, bootstrap(&mut hub, 99)?));
                 }
@@ -508,7 +532,10 @@ fn run(args: &Args) -> anyhow::Result<()> {
     let hubf = load_figures(&hub_path)?;
     let tillf = load_figures(&till_path)?;
     let changes = hub.doc.get_changes(&[]).len();
-    println!("## bench_crdt --sales {} --compact-after {}", args.sales, args.compact_after);
+    println!(
+        "## bench_crdt --sales {} --group {} --sync-every {} --compact-after {} --compact-after-bytes {}",
+        args.sales, args.group, args.sync_every, args.compact_after, args.compact_after_bytes
+    );
     println!();
     println!(
         "replay {:.1} s; {} sales in {} changes; {} sync sessions ({} rounds, {:.1} MB to the hub, {:.1} MB from it); \
@@ -549,7 +576,7 @@ fn run(args: &Args) -> anyhow::Result<()> {
         let f = load_figures(&path)?;
         println!();
         println!(
-            "largest hub document (right before the first compaction, after {at} sales, {changes} changes): \
+            "largest hub document (right before a compaction, the largest of them: after {at} sales, {changes} changes): \
              saved {:.2} MB; load {:.0} ms (median of 5); RSS {:.1} → {:.1} MB, peak {:.1} MB; fresh till \
              bootstrap {:.0} ms (one run; snapshot {:.2} MB, then {} rounds, {:.2} MB in all)",
             f.bytes as f64 / 1e6,
