@@ -148,6 +148,33 @@ struct Link {
     client: reqwest::Client,
     /// What the hub holds for this till, as last learned.
     hub_seq: Option<u64>,
+    /// The page after the batch in flight, read while the hub ingested that batch: (the seq it follows, the page).
+    /// Used only if the hub then acknowledged exactly through that seq.
+    prefetched: Option<(u64, Vec<JournalEvent>)>,
+}
+
+/// Reads the page to upload after `after`: at most `limit` events and (beyond the first) `max_bytes` of JSON.
+async fn upload_page(
+    state: &AgentState,
+    after: u64,
+    limit: usize,
+    max_bytes: usize,
+) -> Result<Vec<JournalEvent>, Failure> {
+    read_journal(state, move |c| {
+        let mut page = journal_page(c, after, limit)?;
+        let mut bytes = 0;
+        let mut keep = 0;
+        for e in &page {
+            bytes += serde_json::to_vec(e).map(|v| v.len()).unwrap_or(0);
+            if keep > 0 && bytes > max_bytes {
+                break;
+            }
+            keep += 1;
+        }
+        page.truncate(keep);
+        Ok(page)
+    })
+    .await
 }
 
 impl Link {
@@ -224,21 +251,10 @@ impl Link {
             return Ok(Round::Idle);
         }
         let (limit, max_bytes) = (cfg.batch_events, cfg.batch_bytes);
-        let events = read_journal(state, move |c| {
-            let mut page = journal_page(c, hub_seq, limit)?;
-            let mut bytes = 0;
-            let mut keep = 0;
-            for e in &page {
-                bytes += serde_json::to_vec(e).map(|v| v.len()).unwrap_or(0);
-                if keep > 0 && bytes > max_bytes {
-                    break;
-                }
-                keep += 1;
-            }
-            page.truncate(keep);
-            Ok(page)
-        })
-        .await?;
+        let events = match self.prefetched.take() {
+            Some((after, page)) if after == hub_seq && !page.is_empty() => page,
+            _ => upload_page(state, hub_seq, limit, max_bytes).await?,
+        };
         let req = UploadRequest {
             journal_id: js.journal_id.parse().map_err(|e| Failure::Refused(format!("journal id: {e}")))?,
             agent_version: env!("CARGO_PKG_VERSION").to_owned(),
@@ -249,14 +265,21 @@ impl Link {
             events,
         };
         let last_sent = req.events.last().map(|e| e.seq);
-        let resp = self
-            .client
-            .post(self.url("/v1/sync/upload"))
-            .bearer_auth(&self.cred.credential)
-            .json(&req)
-            .send()
-            .await
-            .map_err(|e| Failure::Unreachable(error_chain(&e)))?;
+        let send = self.client.post(self.url("/v1/sync/upload")).bearer_auth(&self.cred.credential).json(&req).send();
+        // While the hub ingests this batch, read the next one (reads only; it is used only if the hub acknowledges
+        // exactly through this batch, so exactly-once does not depend on it).
+        let prefetch = async {
+            match last_sent {
+                Some(after) if after < js.last_seq => Some((after, upload_page(state, after, limit, max_bytes).await)),
+                _ => None,
+            }
+        };
+        let (resp, prefetched) = tokio::join!(send, prefetch);
+        self.prefetched = match prefetched {
+            Some((after, Ok(page))) => Some((after, page)),
+            _ => None,
+        };
+        let resp = resp.map_err(|e| Failure::Unreachable(error_chain(&e)))?;
         let status = resp.status();
         if !status.is_success() {
             let wait = retry_after(&resp);
@@ -454,7 +477,7 @@ fn connect(state: &AgentState, cfg: &SyncConfig) -> anyhow::Result<Option<Link>>
         );
     }
     let client = credential::http_client(dir, cfg.request_timeout)?;
-    Ok(Some(Link { cred, client, hub_seq: None }))
+    Ok(Some(Link { cred, client, hub_seq: None, prefetched: None }))
 }
 
 /// Runs until `shutdown`: uploads whatever the hub does not hold yet, whenever it can.

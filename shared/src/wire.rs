@@ -24,6 +24,12 @@ pub struct JournalEvent {
 impl JournalEvent {
     /// Checks this entry's hash and body, and that it follows `prev` (`(seq, hash)` of the entry before it).
     pub fn verify(&self, store: &str, till: &str, prev: (u64, &str)) -> Result<(), ChainError> {
+        self.verify_canonical(store, till, prev).map(drop)
+    }
+
+    /// [`JournalEvent::verify`], answering the body's canonical JSON (what was hashed), so a caller that stores it
+    /// does not encode it a second time.
+    pub fn verify_canonical(&self, store: &str, till: &str, prev: (u64, &str)) -> Result<Vec<u8>, ChainError> {
         let (prev_seq, prev_hash) = prev;
         if self.seq != prev_seq + 1 {
             return Err(ChainError::Gap { seq: self.seq, expected: prev_seq + 1 });
@@ -54,7 +60,7 @@ impl JournalEvent {
                 detail: "occurred_at differs from the body's".into(),
             });
         }
-        Ok(())
+        Ok(body)
     }
 }
 

@@ -313,9 +313,10 @@ fn ingest(
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
     )?;
     for e in fresh {
-        e.verify(&till.store, &till.till, (prev_seq, prev_hash))
+        let body = e
+            .verify_canonical(&till.store, &till.till, (prev_seq, prev_hash))
             .map_err(|err| IngestError::ChainBroken { seq: err.seq(), detail: err.to_string() })?;
-        let body = String::from_utf8(storesync_shared::canonical_json(&e.body))
+        let body = String::from_utf8(body)
             .map_err(|_| IngestError::ChainBroken { seq: e.seq, detail: "body is not UTF-8".into() })?;
         let res = insert.execute(params![
             till.store,
