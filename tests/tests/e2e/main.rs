@@ -5,5 +5,6 @@
 mod agent_crash;
 mod agent_journal;
 mod converge;
+mod faults;
 mod outage;
 mod util;

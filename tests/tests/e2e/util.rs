@@ -1,11 +1,17 @@
-//! Helpers for talking to a running agent.
+//! Helpers for talking to a running agent and a running hub.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
+use std::time::Duration;
 
 use serde_json::Value;
-use storesync_shared::EventBody;
+use storesync_shared::canonical::{ChainInput, canonical_json, event_hash};
 use storesync_shared::event::negate;
 use storesync_shared::wire::JournalEvent;
+use storesync_shared::{EventBody, EventKind, genesis_hash};
+use storesync_tests::proc::{TlsFiles, agent_cli, enroll_code};
+use storesync_tests::sales::{SKUS, sale};
+use uuid::Uuid;
 
 pub(crate) fn client() -> reqwest::Client {
     reqwest::Client::builder().timeout(std::time::Duration::from_secs(30)).build().unwrap()
@@ -51,4 +57,111 @@ pub(crate) async fn on_hand(c: &reqwest::Client, url: &str, sku: &str) -> i64 {
 
 pub(crate) async fn status(c: &reqwest::Client, url: &str) -> Value {
     c.get(format!("{url}/v1/status")).send().await.unwrap().json().await.unwrap()
+}
+
+pub(crate) const TOKEN: &str = "ssa_test_admin_token_0123456789";
+
+/// A client for the hub: trusts the test CA when there is one.
+pub(crate) fn hub_client(tls: Option<&TlsFiles>) -> reqwest::Client {
+    let mut b = reqwest::Client::builder().timeout(Duration::from_secs(30));
+    if let Some(t) = tls {
+        b = b.add_root_certificate(reqwest::Certificate::from_pem(&std::fs::read(&t.ca).unwrap()).unwrap());
+    }
+    b.build().unwrap()
+}
+
+/// Every event the hub holds, in hub order.
+pub(crate) async fn hub_events(c: &reqwest::Client, hub: &str) -> Vec<Value> {
+    let mut out = Vec::new();
+    let mut after = String::new();
+    loop {
+        let url = if after.is_empty() {
+            format!("{hub}/v1/admin/events?limit=1000")
+        } else {
+            format!("{hub}/v1/admin/events?limit=1000&after={after}")
+        };
+        let Ok(resp) = c.get(url).bearer_auth(TOKEN).send().await else { return out };
+        let Ok(page) = resp.json::<Value>().await else { return out };
+        let events = page["events"].as_array().cloned().unwrap_or_default();
+        if events.is_empty() {
+            return out;
+        }
+        after = page["next"].as_str().unwrap().to_owned();
+        out.extend(events);
+    }
+}
+
+pub(crate) fn port_of(url: &str) -> u16 {
+    url.rsplit(':').next().unwrap().trim_end_matches('/').parse().unwrap()
+}
+
+pub(crate) fn enroll(dir: &Path, hub_dir: &Path, hub_url: &str, store: &str, till: &str, tls: Option<&TlsFiles>) {
+    let code = enroll_code(hub_dir, store, till);
+    let mut args = vec!["enroll", "--hub", hub_url, "--code", &code];
+    let ca;
+    if let Some(t) = tls {
+        ca = t.ca.to_string_lossy().into_owned();
+        args.extend(["--ca-cert", &ca]);
+    }
+    let out = agent_cli(dir, &args);
+    assert!(out.status.success(), "enroll {store}/{till}: {}", String::from_utf8_lossy(&out.stderr));
+}
+
+/// Polls until the hub holds `n` events or the patience runs out; returns what it holds.
+pub(crate) async fn wait_for_events(c: &reqwest::Client, hub: &str, n: usize, patience: Duration) -> Vec<Value> {
+    let start = std::time::Instant::now();
+    loop {
+        let events = hub_events(c, hub).await;
+        if events.len() >= n || start.elapsed() > patience {
+            return events;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Checks the hub's events against what the tills acknowledged: exactly once, no gaps, chains verify.
+pub(crate) fn check_exactly_once(events: &[Value], acked: &BTreeMap<(String, String), BTreeSet<Uuid>>) {
+    let total: usize = acked.values().map(BTreeSet::len).sum();
+    assert_eq!(events.len(), total, "the hub holds {} events, the tills acknowledged {total}", events.len());
+    let ids: BTreeSet<&str> = events.iter().map(|e| e["event_id"].as_str().unwrap()).collect();
+    assert_eq!(ids.len(), events.len(), "duplicate event ids at the hub");
+    let mut by_till: BTreeMap<(String, String), Vec<&Value>> = BTreeMap::new();
+    for e in events {
+        by_till.entry((e["store"].as_str().unwrap().into(), e["till"].as_str().unwrap().into())).or_default().push(e);
+    }
+    assert_eq!(by_till.keys().collect::<Vec<_>>(), acked.keys().collect::<Vec<_>>());
+    for ((store, till), mut evs) in by_till {
+        evs.sort_by_key(|e| e["seq"].as_u64());
+        let got: BTreeSet<Uuid> = evs.iter().map(|e| e["event_id"].as_str().unwrap().parse().unwrap()).collect();
+        assert_eq!(&got, &acked[&(store.clone(), till.clone())], "{store}/{till}: ids differ");
+        let mut prev = genesis_hash(&store, &till);
+        for (i, e) in evs.iter().enumerate() {
+            let seq = e["seq"].as_u64().unwrap();
+            assert_eq!(seq, i as u64 + 1, "{store}/{till}: gap before seq {seq}");
+            let body = canonical_json(&e["body"]);
+            let hash = event_hash(&ChainInput {
+                store: &store,
+                till: &till,
+                seq,
+                event_id: e["event_id"].as_str().unwrap().parse().unwrap(),
+                kind: EventKind::parse(e["kind"].as_str().unwrap()).unwrap(),
+                body: &body,
+                prev_hash: &prev,
+            });
+            assert_eq!(e["hash"].as_str(), Some(hash.as_str()), "{store}/{till}: chain broken at seq {seq}");
+            prev = hash;
+        }
+    }
+}
+
+/// Posts `n` sales to one agent, returning the ids it acknowledged.
+pub(crate) async fn sell(c: reqwest::Client, url: String, n: usize) -> BTreeSet<Uuid> {
+    let mut ids = BTreeSet::new();
+    for i in 0..n {
+        let id = Uuid::new_v4();
+        let r = c.post(format!("{url}/v1/sales")).json(&sale(id, SKUS[i % SKUS.len()], 1)).send().await.unwrap();
+        assert_eq!(r.status(), 201);
+        ids.insert(id);
+    }
+    ids
 }
