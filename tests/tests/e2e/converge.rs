@@ -11,31 +11,11 @@ use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 use uuid::Uuid;
 
-use crate::util::{client, on_hand};
+use crate::util::{client, hub_on_hand, on_hand, sync_now};
 
 const TOKEN: &str = "ssa_test_admin_token_converge";
 const SKUS: [&str; 4] = ["A-1", "B-2", "C-3", "D-4"];
 const RECEIPT: i64 = 5_000;
-
-async fn sync_now(c: &reqwest::Client, url: &str) -> Value {
-    let t = std::time::Instant::now();
-    let r = c.post(format!("{url}/v1/sync/now?wait_s=20")).send().await;
-    let r = r.unwrap_or_else(|e| panic!("sync-now at {url} after {:?}: {e}", t.elapsed()));
-    r.json().await.unwrap()
-}
-
-async fn hub_on_hand(c: &reqwest::Client, hub: &str, sku: &str) -> i64 {
-    let v: Value = c
-        .get(format!("{hub}/v1/admin/stores/S1/stock/{sku}"))
-        .bearer_auth(TOKEN)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    v["on_hand"].as_i64().unwrap_or_else(|| panic!("{v}"))
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stock_and_prices_converge_after_an_outage() {
@@ -123,7 +103,7 @@ async fn stock_and_prices_converge_after_an_outage() {
     }
     for (i, sku) in SKUS.iter().enumerate() {
         let want = RECEIPT - sold[i];
-        assert_eq!(hub_on_hand(&c, &hub_url, sku).await, want, "hub {sku}");
+        assert_eq!(hub_on_hand(&c, &hub_url, TOKEN, "S1", sku).await, want, "hub {sku}");
         for a in &agents {
             assert_eq!(on_hand(&c, &a.url, sku).await, want, "till {sku}");
         }
@@ -217,7 +197,7 @@ async fn a_till_offline_across_a_compaction_converges_and_a_new_till_gets_everyt
     }
     // 100 received; T1 and T2 sold 15 each in the first phase, T1 5 more, T2 6 more.
     let want = 100 - 15 - 15 - 5 - 6;
-    assert_eq!(hub_on_hand(&c, &hub_url, "A-1").await, want);
+    assert_eq!(hub_on_hand(&c, &hub_url, TOKEN, "S1", "A-1").await, want);
     for t in [&t1, &t2, &t3] {
         assert_eq!(on_hand(&c, &t.url, "A-1").await, want);
         let st: Value = c.get(format!("{}/v1/status", t.url)).send().await.unwrap().json().await.unwrap();

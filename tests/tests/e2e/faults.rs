@@ -9,11 +9,14 @@ use std::time::Duration;
 
 use serde_json::Value;
 use storesync_tests::fault::Proxy;
-use storesync_tests::proc::start_agent_with;
-use storesync_tests::proc::start_hub;
+use storesync_tests::proc::{Running, agent_cli, start_agent_with, start_hub};
+use storesync_tests::sales::SKUS;
 use uuid::Uuid;
 
-use crate::util::{TOKEN, check_exactly_once, client, enroll, hub_client, sell, status, wait_for_events};
+use crate::util::{
+    TOKEN, check_exactly_once, client, enroll, hub_client, hub_on_hand, on_hand, sell, status, sync_now,
+    wait_for_events,
+};
 
 /// How much longer a `STORESYNC_LONG=1` campaign runs.
 fn scale() -> usize {
@@ -31,40 +34,27 @@ fn addr_of(url: &str) -> SocketAddr {
 async fn lost_acknowledgements_lose_and_double_nothing() {
     let per_till = 10_000 * scale();
     let root = tempfile::tempdir().unwrap();
-    let hub_dir = root.path().join("hub");
-    std::fs::create_dir_all(&hub_dir).unwrap();
-    let hub = start_hub(&hub_dir, "127.0.0.1:0", None, TOKEN);
-    let proxy = Proxy::start(addr_of(&hub.url)).await.unwrap();
+    let tills = ["T1", "T2"];
     // Small batches, so there are many uploads to lose the answers of.
-    let config = root.path().join("agent.toml");
-    std::fs::write(&config, "upload_batch_events = 200\n").unwrap();
-    let tills = [("S1", "T1"), ("S1", "T2")];
-    let mut agents = Vec::new();
-    for (store, till) in tills {
-        let dir = root.path().join(format!("{store}-{till}"));
-        enroll(&dir, &hub_dir, &proxy.url(), store, till, None);
-        agents.push(((store, till), dir.clone(), start_agent_with(&dir, None, Some(&config))));
-    }
+    let (hub, proxy, agents) = fleet(root.path(), &tills, "upload_batch_events = 200\n").await;
     proxy.faults.set(|f| {
         f.reset_after_request = 0.2;
         f.only_requests_starting_with = Some(b"POST /v1/sync/upload".to_vec());
     });
 
     let c = client();
-    let tasks: Vec<_> = agents.iter().map(|(_, _, a)| tokio::spawn(sell(c.clone(), a.url.clone(), per_till))).collect();
+    let tasks: Vec<_> = agents.iter().map(|(_, a)| tokio::spawn(sell(c.clone(), a.url.clone(), per_till))).collect();
     let mut acked: BTreeMap<(String, String), BTreeSet<Uuid>> = BTreeMap::new();
-    for (((store, till), _, _), task) in agents.iter().zip(tasks) {
-        acked.insert((store.to_string(), till.to_string()), task.await.unwrap());
+    for ((till, _), task) in agents.iter().zip(tasks) {
+        acked.insert(("S1".to_owned(), till.clone()), task.await.unwrap());
     }
     let total = per_till * tills.len();
-    let hc = hub_client(None);
-    let events = wait_for_events(&hc, &hub.url, total, Duration::from_secs(300)).await;
+    let events = wait_for_events(&hub_client(None), &hub.url, total, Duration::from_secs(300)).await;
     let counts = &proxy.faults.counts;
     let (uploads, resets) =
         (counts.requests_matched.load(Ordering::Relaxed), counts.resets_after_request.load(Ordering::Relaxed));
     let ids: BTreeSet<&str> = events.iter().filter_map(|e| e["event_id"].as_str()).collect();
-    let acked_ids: BTreeSet<String> = acked.values().flatten().map(Uuid::to_string).collect();
-    let lost = acked_ids.iter().filter(|id| !ids.contains(id.as_str())).count();
+    let lost = acked.values().flatten().filter(|id| !ids.contains(id.to_string().as_str())).count();
     let duplicated = events.len() - ids.len();
     println!(
         "RELIABILITY | lost acknowledgements (20% of upload answers reset after the hub committed) | 1 | {total} \
@@ -72,7 +62,7 @@ async fn lost_acknowledgements_lose_and_double_nothing() {
     );
     assert!(resets >= 10, "the proxy reset only {resets} of {uploads} upload answers");
     check_exactly_once(&events, &acked);
-    for ((_, _), dir, agent) in &agents {
+    for (till, agent) in agents {
         // The hub has everything; the agent learns it at its next successful upload round (its last answer may
         // have been one of the resets).
         let mut st: Value = status(&c, &agent.url).await;
@@ -84,12 +74,112 @@ async fn lost_acknowledgements_lose_and_double_nothing() {
             st = status(&c, &agent.url).await;
         }
         assert_eq!(st["unsynced"], 0, "{st}");
-        let out = storesync_tests::proc::agent_cli(dir, &["verify-journal"]);
+        agent.stop();
+        let out = agent_cli(&root.path().join(format!("S1-{till}")), &["verify-journal"]);
         assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     }
     drop(proxy);
     hub.stop();
-    for (_, _, a) in agents {
-        a.stop();
+}
+
+/// Starts a hub and a fault proxy in front of it, and enrols `tills` of store S1 through the proxy.
+async fn fleet(root: &std::path::Path, tills: &[&str], agent_toml: &str) -> (Running, Proxy, Vec<(String, Running)>) {
+    let hub_dir = root.join("hub");
+    std::fs::create_dir_all(&hub_dir).unwrap();
+    let hub = start_hub(&hub_dir, "127.0.0.1:0", None, TOKEN);
+    let proxy = Proxy::start(addr_of(&hub.url)).await.unwrap();
+    let config = root.join("agent.toml");
+    std::fs::write(&config, agent_toml).unwrap();
+    let mut agents = Vec::new();
+    for till in tills {
+        let dir = root.join(format!("S1-{till}"));
+        enroll(&dir, &hub_dir, &proxy.url(), "S1", till, None);
+        agents.push((till.to_string(), start_agent_with(&dir, None, Some(&config))));
     }
+    (hub, proxy, agents)
+}
+
+/// A flapping link: every 300 ms the link between the tills and the hub goes down (new connections refused, every
+/// answer in flight dropped) or comes back, while 4 tills take 10,000 sales between them. Once it heals: every
+/// acknowledged sale is at the hub exactly once, and stock is equal at the hub and at every till.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flapping_link_loses_and_doubles_nothing_and_stock_converges() {
+    let per_till = 2_500 * scale();
+    let root = tempfile::tempdir().unwrap();
+    let tills = ["T1", "T2", "T3", "T4"];
+    let (hub, proxy, agents) = fleet(root.path(), &tills, "upload_batch_events = 200\n").await;
+    let flapping = tokio_util::sync::CancellationToken::new();
+    let toggler = {
+        let (faults, stop) = (proxy.faults.clone(), flapping.clone());
+        tokio::spawn(async move {
+            let mut flips = 0u64;
+            while !stop.is_cancelled() {
+                let down = flips.is_multiple_of(2);
+                faults.set(|f| {
+                    f.refuse = down;
+                    f.reset_after_request = if down { 1.0 } else { 0.0 };
+                });
+                flips += 1;
+                tokio::select! {
+                    () = stop.cancelled() => {}
+                    () = tokio::time::sleep(Duration::from_millis(300)) => {}
+                }
+            }
+            faults.set(|f| *f = Default::default());
+            flips
+        })
+    };
+    let c = client();
+    let tasks: Vec<_> = agents.iter().map(|(_, a)| tokio::spawn(sell(c.clone(), a.url.clone(), per_till))).collect();
+    let mut acked: BTreeMap<(String, String), BTreeSet<Uuid>> = BTreeMap::new();
+    for ((till, _), task) in agents.iter().zip(tasks) {
+        acked.insert(("S1".to_owned(), till.clone()), task.await.unwrap());
+    }
+    flapping.cancel();
+    let flips = toggler.await.unwrap();
+
+    // The link has healed: every till syncs (twice, so each also gets the others' last changes).
+    for _ in 0..2 {
+        for (_, a) in &agents {
+            let st = sync_now(&c, &a.url).await;
+            assert_eq!((st["unsynced"].as_u64(), &st["last_error"]), (Some(0), &Value::Null), "{st}");
+        }
+    }
+    let total = per_till * tills.len();
+    let events = wait_for_events(&hub_client(None), &hub.url, total, Duration::from_secs(120)).await;
+    let ids: BTreeSet<&str> = events.iter().filter_map(|e| e["event_id"].as_str()).collect();
+    let lost = acked.values().flatten().filter(|id| !ids.contains(id.to_string().as_str())).count();
+    let duplicated = events.len() - ids.len();
+    let counts = &proxy.faults.counts;
+    let (refused, resets) =
+        (counts.refused.load(Ordering::Relaxed), counts.resets_after_request.load(Ordering::Relaxed));
+    // Expected stock: every sale takes one of its SKU (SKUS[i % 5]) and one BAG.
+    let mut want: BTreeMap<&str, i64> = BTreeMap::new();
+    for i in 0..per_till {
+        *want.entry(SKUS[i % SKUS.len()]).or_insert(0) -= tills.len() as i64;
+    }
+    want.insert("BAG", -((per_till * tills.len()) as i64));
+    let mut unequal = 0;
+    for (sku, want) in &want {
+        let hub_has = hub_on_hand(&c, &hub.url, TOKEN, "S1", sku).await;
+        unequal += usize::from(hub_has != *want);
+        for (_, a) in &agents {
+            unequal += usize::from(on_hand(&c, &a.url, sku).await != *want);
+        }
+    }
+    println!(
+        "RELIABILITY | flapping link (down/up every 300 ms: connections refused, answers dropped), 4 tills | 1 | \
+         {total} sales, {flips} flips, {refused} connections refused, {resets} answers dropped | {lost} | \
+         {duplicated} | {unequal} stock readings unequal |"
+    );
+    assert!(flips >= 4 && refused + resets > 0, "the link did not flap: {flips} flips, {refused} refused");
+    check_exactly_once(&events, &acked);
+    assert_eq!(unequal, 0, "stock differs between the hub, the tills and the journals");
+    for (till, a) in agents {
+        a.stop();
+        let out = agent_cli(&root.path().join(format!("S1-{till}")), &["verify-journal"]);
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    }
+    drop(proxy);
+    hub.stop();
 }

@@ -165,3 +165,25 @@ pub(crate) async fn sell(c: reqwest::Client, url: String, n: usize) -> BTreeSet<
     }
     ids
 }
+
+/// `POST /v1/sync/now?wait_s=20` at an agent; answers its status.
+pub(crate) async fn sync_now(c: &reqwest::Client, url: &str) -> Value {
+    let t = std::time::Instant::now();
+    let r = c.post(format!("{url}/v1/sync/now?wait_s=20")).send().await;
+    let r = r.unwrap_or_else(|e| panic!("sync-now at {url} after {:?}: {e}", t.elapsed()));
+    r.json().await.unwrap()
+}
+
+/// The hub's stock of `sku` in `store`.
+pub(crate) async fn hub_on_hand(c: &reqwest::Client, hub: &str, token: &str, store: &str, sku: &str) -> i64 {
+    let v: Value = c
+        .get(format!("{hub}/v1/admin/stores/{store}/stock/{sku}"))
+        .bearer_auth(token)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    v["on_hand"].as_i64().unwrap_or_else(|| panic!("{v}"))
+}
