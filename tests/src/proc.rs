@@ -190,6 +190,12 @@ pub fn make_tls(dir: &Path) -> TlsFiles {
 
 /// Starts an agent that takes its identity from its credential (or, when `ids` is given, from flags).
 pub fn start_agent_with(dir: &Path, ids: Option<(&str, &str)>, config: Option<&Path>) -> Running {
+    Running::start(agent_command(dir, ids, config), &dir.join("agent.log"))
+}
+
+/// The command [`start_agent_with`] runs, for a caller that adds to it (say, environment) before
+/// [`Running::start`].
+pub fn agent_command(dir: &Path, ids: Option<(&str, &str)>, config: Option<&Path>) -> Command {
     let mut cmd = Command::new(bin("storesync-agent"));
     cmd.args(["run", "--listen", "127.0.0.1:0"]).arg("--data-dir").arg(dir);
     if let Some((store, till)) = ids {
@@ -199,5 +205,18 @@ pub fn start_agent_with(dir: &Path, ids: Option<(&str, &str)>, config: Option<&P
     if let Some(c) = config {
         cmd.arg("--config").arg(c);
     }
-    Running::start(cmd, &dir.join("agent.log"))
+    cmd
+}
+
+/// Whether a test may use an outside tool it needs (`found`). Without it the test is skipped, and says so on
+/// stderr, unless `STORESYNC_REQUIRE_ALL=1` (CI), where a missing tool fails the test.
+pub fn require_tool(what: &str, found: bool) -> bool {
+    if found {
+        return true;
+    }
+    if std::env::var("STORESYNC_REQUIRE_ALL").is_ok_and(|v| v == "1") {
+        panic!("{what} is required (STORESYNC_REQUIRE_ALL=1) but missing; .ci/run installs it");
+    }
+    eprintln!("SKIPPED: {what} is missing (set STORESYNC_REQUIRE_ALL=1 to make this a failure)");
+    false
 }

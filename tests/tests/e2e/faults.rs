@@ -9,8 +9,8 @@ use std::time::Duration;
 
 use serde_json::Value;
 use storesync_tests::fault::Proxy;
-use storesync_tests::proc::{Running, agent_cli, start_agent_with, start_hub};
-use storesync_tests::sales::SKUS;
+use storesync_tests::proc::{Running, agent_cli, agent_command, require_tool, start_agent_with, start_hub};
+use storesync_tests::sales::{SKUS, sale};
 use uuid::Uuid;
 
 use crate::util::{
@@ -180,6 +180,87 @@ async fn a_flapping_link_loses_and_doubles_nothing_and_stock_converges() {
         let out = agent_cli(&root.path().join(format!("S1-{till}")), &["verify-journal"]);
         assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     }
+    drop(proxy);
+    hub.stop();
+}
+
+/// libfaketime's preload library, where Debian's `faketime` package puts it.
+fn libfaketime() -> Option<std::path::PathBuf> {
+    ["/usr/lib/x86_64-linux-gnu/faketime/libfaketimeMT.so.1", "/usr/lib/aarch64-linux-gnu/faketime/libfaketimeMT.so.1"]
+        .into_iter()
+        .map(std::path::PathBuf::from)
+        .find(|p| p.exists())
+}
+
+/// Clock jumps: the agent's wall clock runs a day ahead, then jumps two days back (to a day behind), then returns,
+/// with a restart at each jump (libfaketime, which fakes the wall clock and leaves the monotonic one alone). Sales
+/// keep their seq order, repeats of earlier event ids are still recognised across the jumps, and the hub gets every
+/// sale exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clock_jumps_change_neither_order_nor_dedupe() {
+    let Some(lib) = libfaketime() else {
+        require_tool("libfaketime (Debian package `faketime`)", false);
+        return;
+    };
+    let per_phase = 300 * scale();
+    let root = tempfile::tempdir().unwrap();
+    let (hub, proxy, agents) = fleet(root.path(), &["T1"], "").await;
+    let dir = root.path().join("S1-T1");
+    let (_, agent) = agents.into_iter().next().unwrap();
+    agent.stop();
+    let c = client();
+    let mut acked: BTreeSet<Uuid> = BTreeSet::new();
+    let mut first_of_phase = Vec::new();
+    let mut repeats = 0usize;
+    for (phase, offset) in ["+1d", "-1d", "+0"].into_iter().enumerate() {
+        let mut cmd = agent_command(&dir, None, None);
+        cmd.env("LD_PRELOAD", &lib).env("FAKETIME", offset).env("FAKETIME_DONT_FAKE_MONOTONIC", "1");
+        let agent = Running::start(cmd, &dir.join("agent.log"));
+        let before = acked.len();
+        let ids = sell(c.clone(), agent.url.clone(), per_phase).await;
+        first_of_phase.push(before as u64 + 1);
+        // Repeats of sales journaled under another clock (earlier phases) are recognised: 200, same seq.
+        let journal = crate::util::journal(&c, &agent.url).await;
+        for e in journal.iter().filter(|e| acked.contains(&e.event_id)).take(20) {
+            let sku = e.body["lines"][0]["sku"].as_str().unwrap();
+            let r = c.post(format!("{}/v1/sales", agent.url)).json(&sale(e.event_id, sku, 1)).send().await.unwrap();
+            assert_eq!(r.status(), 200, "phase {phase}: a repeat of {} was not recognised", e.event_id);
+            let receipt: Value = r.json().await.unwrap();
+            assert_eq!(receipt["seq"].as_u64(), Some(e.seq), "phase {phase}: a repeat got another seq");
+            repeats += 1;
+        }
+        acked.extend(ids);
+        let st = sync_now(&c, &agent.url).await;
+        assert_eq!(st["unsynced"].as_u64(), Some(0), "phase {phase}: {st}");
+        agent.stop();
+    }
+    let agent = start_agent_with(&dir, None, None);
+    let journal = crate::util::journal(&c, &agent.url).await;
+    let seqs: Vec<u64> = journal.iter().map(|e| e.seq).collect();
+    assert_eq!(seqs, (1..=acked.len() as u64).collect::<Vec<_>>(), "seqs out of order or with gaps");
+    // The fake clock really moved: the second phase was recorded before the first.
+    let recorded = |seq: u64| -> String {
+        let conn = rusqlite::Connection::open(dir.join("journal.db")).unwrap();
+        conn.query_row("SELECT recorded_at FROM journal WHERE seq = ?1", [seq], |r| r.get(0)).unwrap()
+    };
+    let parse = |s: String| time::OffsetDateTime::parse(&s, &time::format_description::well_known::Rfc3339).unwrap();
+    let (a, b, n) =
+        (parse(recorded(first_of_phase[0])), parse(recorded(first_of_phase[1])), parse(recorded(first_of_phase[2])));
+    assert!(b < a && a - b > time::Duration::hours(40), "clock did not jump back: {a} then {b}");
+    assert!(n > b && a > n, "clock did not return: {a}, {b}, {n}");
+    let events = wait_for_events(&hub_client(None), &hub.url, acked.len(), Duration::from_secs(60)).await;
+    let ids: BTreeSet<&str> = events.iter().filter_map(|e| e["event_id"].as_str()).collect();
+    let lost = acked.iter().filter(|id| !ids.contains(id.to_string().as_str())).count();
+    let duplicated = events.len() - ids.len();
+    println!(
+        "RELIABILITY | clock jumps (agent clock +24 h, then -24 h, then true, a restart at each) | 1 | {} sales, \
+         {repeats} repeats of earlier event ids | {lost} | {duplicated} | 0 |",
+        acked.len()
+    );
+    check_exactly_once(&events, &BTreeMap::from([(("S1".to_owned(), "T1".to_owned()), acked)]));
+    agent.stop();
+    let out = agent_cli(&dir, &["verify-journal"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     drop(proxy);
     hub.stop();
 }
