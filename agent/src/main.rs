@@ -88,7 +88,11 @@ enum ExportFormat {
 fn init_tracing(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("STORESYNC_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    // `log_internal_errors(false)`: when the log cannot be written (its disk is full), tracing-subscriber would
+    // otherwise report that with `eprintln!`, which panics on the same full disk, in whatever thread was logging
+    // (the journal writer, found by the disk-full fault test). A lost log line must never take a writer down.
+    let builder =
+        tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).log_internal_errors(false);
     match format {
         LogFormat::Json => builder.json().init(),
         LogFormat::Human => builder.init(),

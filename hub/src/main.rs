@@ -104,7 +104,11 @@ fn main() -> ExitCode {
 fn init_tracing(format: LogFormat) {
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_from_env("STORESYNC_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    // `log_internal_errors(false)`: when the log cannot be written (its disk is full), tracing-subscriber would
+    // otherwise report that with `eprintln!`, which panics on the same full disk, in whatever thread was logging
+    // (the journal writer, found by the disk-full fault test). A lost log line must never take a writer down.
+    let builder =
+        tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).log_internal_errors(false);
     match format {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().init(),

@@ -264,3 +264,121 @@ async fn clock_jumps_change_neither_order_nor_dedupe() {
     drop(proxy);
     hub.stop();
 }
+
+/// A tmpfs mounted for one test, unmounted when dropped.
+struct Tmpfs(std::path::PathBuf);
+
+impl Tmpfs {
+    /// Mounts a tmpfs of `size` (like `16m`) at `dir`; `None` when this process may not mount (not root).
+    fn mount(dir: &std::path::Path, size: &str) -> Option<Tmpfs> {
+        std::fs::create_dir_all(dir).unwrap();
+        let ok = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(dir)
+            .status()
+            .is_ok_and(|s| s.success());
+        ok.then(|| Tmpfs(dir.to_path_buf()))
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+
+/// Writes zeros to `path` until the file system is full (1 MiB writes, then 4 KiB ones).
+fn fill(path: &std::path::Path) {
+    use std::io::Write;
+    let mut f = std::fs::File::create(path).unwrap();
+    for chunk in [1 << 20, 4096, 512] {
+        let zeros = vec![0u8; chunk];
+        while f.write_all(&zeros).is_ok() && f.sync_data().is_ok() {}
+    }
+}
+
+/// Disk full at the agent: its data dir is on a small tmpfs that a filler file then fills. While full, every sale is
+/// answered 503 `journal_unavailable` and none of those is journaled; no sale is ever answered 201 without being
+/// journaled; once the filler is deleted, sales are answered 201 again, and the journal verifies.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_disk_gives_503s_writes_nothing_and_recovers() {
+    let root = tempfile::tempdir().unwrap();
+    let Some(disk) = Tmpfs::mount(&root.path().join("disk"), "16m") else {
+        require_tool("permission to mount a tmpfs (root)", false);
+        return;
+    };
+    let dir = disk.0.join("agent");
+    // The log is on the full disk too, as it would be on a till: a log line that cannot be written must not take
+    // the agent down.
+    let agent = start_agent_with(&dir, Some(("S1", "T1")), None);
+    let log = dir.join("agent.log");
+    let c = client();
+    let mut answered: BTreeMap<Uuid, u16> = BTreeMap::new();
+    let post = async |id: Uuid, i: usize| {
+        let r = c.post(format!("{}/v1/sales", agent.url)).json(&sale(id, SKUS[i % SKUS.len()], 1)).send().await;
+        let r = r.unwrap_or_else(|e| panic!("POST: {e}; agent log:\n{}", storesync_tests::proc::tail(&log)));
+        let status = r.status().as_u16();
+        let body: Value = r.json().await.unwrap_or(Value::Null);
+        (status, body)
+    };
+    for i in 0..200 {
+        let id = Uuid::new_v4();
+        let (status, body) = post(id, i).await;
+        assert_eq!(status, 201, "{body}");
+        answered.insert(id, status);
+    }
+    let filler = disk.0.join("filler");
+    fill(&filler);
+    let mut refused = 0;
+    for i in 0..300 {
+        let id = Uuid::new_v4();
+        let (status, body) = post(id, i).await;
+        assert!(status == 201 || status == 503, "while full: {status} {body}");
+        if status == 503 {
+            assert_eq!(body["error"], "journal_unavailable", "{body}");
+            refused += 1;
+        }
+        answered.insert(id, status);
+    }
+    std::fs::remove_file(&filler).unwrap();
+    // Space is back: each new sale is retried with its event id until it is journaled (the first may still meet the
+    // writer recovering).
+    let mut retries = 0;
+    for i in 0..100 {
+        let id = Uuid::new_v4();
+        let mut status = 0;
+        for _ in 0..50 {
+            let (s, body) = post(id, i).await;
+            assert!(s == 201 || s == 503, "after: {s} {body}");
+            status = s;
+            if s == 201 {
+                break;
+            }
+            retries += 1;
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert_eq!(status, 201, "the agent did not recover once space returned");
+        answered.insert(id, status);
+    }
+    let journal = crate::util::journal(&c, &agent.url).await;
+    agent.stop();
+    let seqs: Vec<u64> = journal.iter().map(|e| e.seq).collect();
+    assert_eq!(seqs, (1..=journal.len() as u64).collect::<Vec<_>>(), "seqs out of order or with gaps");
+    let journaled: BTreeMap<Uuid, usize> = journal.iter().fold(BTreeMap::new(), |mut m, e| {
+        *m.entry(e.event_id).or_insert(0) += 1;
+        m
+    });
+    let lost = answered.iter().filter(|(id, s)| **s == 201 && !journaled.contains_key(id)).count();
+    let duplicated = journaled.values().filter(|n| **n > 1).count();
+    let written_though_refused = answered.iter().filter(|(id, s)| **s == 503 && journaled.contains_key(id)).count();
+    println!(
+        "RELIABILITY | disk full at the agent (16 MiB tmpfs filled, then freed) | 1 | {} sales, {refused} answered \
+         503 while full, {retries} retries after | {lost} | {duplicated} | {written_though_refused} journaled though \
+         answered 503 |",
+        answered.len()
+    );
+    assert!(refused >= 10, "the disk never filled: only {refused} refusals");
+    assert_eq!((lost, duplicated, written_though_refused), (0, 0, 0));
+    let out = agent_cli(&dir, &["verify-journal"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+}
