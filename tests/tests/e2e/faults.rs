@@ -382,3 +382,129 @@ async fn a_full_disk_gives_503s_writes_nothing_and_recovers() {
     let out = agent_cli(&dir, &["verify-journal"]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
 }
+
+/// The event ids of an agent's journal.
+async fn journaled(c: &reqwest::Client, url: &str) -> BTreeSet<Uuid> {
+    crate::util::journal(c, url).await.into_iter().map(|e| e.event_id).collect()
+}
+
+/// Crash loops: 50 rounds of load from 4 clients on 2 tills, each round ending with a SIGKILL of one of the agents
+/// (taking turns) at a random moment, and 20 of them also with a SIGKILL of the hub, while the agents upload in
+/// small batches. At the end: every sale an agent acknowledged is in its journal, every journaled sale is at the hub
+/// exactly once with its chain intact, and stock is equal at the hub, at both tills and in the journals.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn crash_loops_of_agents_and_hub_lose_and_double_nothing() {
+    use rand::Rng;
+    let rounds = 50 * scale();
+    let root = tempfile::tempdir().unwrap();
+    let tills = ["T1", "T2"];
+    let (hub, _proxy, agents) = fleet(root.path(), &tills, "upload_batch_events = 50\n").await;
+    let hub_dir = root.path().join("hub");
+    let port = hub.url.rsplit(':').next().unwrap().to_owned();
+    let config = root.path().join("agent.toml");
+    let mut hub = Some(hub);
+    let mut agents: Vec<Option<Running>> = agents.into_iter().map(|(_, a)| Some(a)).collect();
+    let c = client();
+    let acked: std::sync::Arc<std::sync::Mutex<BTreeSet<Uuid>>> = Default::default();
+    let (mut agent_kills, mut hub_kills) = (0usize, 0usize);
+    for round in 0..rounds {
+        for (i, a) in agents.iter_mut().enumerate() {
+            if a.is_none() {
+                *a = Some(start_agent_with(&root.path().join(format!("S1-{}", tills[i])), None, Some(&config)));
+            }
+        }
+        if hub.is_none() {
+            hub = Some(start_hub(&hub_dir, &format!("127.0.0.1:{port}"), None, TOKEN));
+        }
+        let stop = tokio_util::sync::CancellationToken::new();
+        let mut tasks = Vec::new();
+        for a in agents.iter().flatten() {
+            for _ in 0..2 {
+                let (c, url, acked, stop) = (c.clone(), a.url.clone(), acked.clone(), stop.clone());
+                tasks.push(tokio::spawn(async move {
+                    let mut n = 0usize;
+                    while !stop.is_cancelled() {
+                        let id = Uuid::new_v4();
+                        let Ok(r) =
+                            c.post(format!("{url}/v1/sales")).json(&sale(id, SKUS[n % SKUS.len()], 1)).send().await
+                        else {
+                            break;
+                        };
+                        if r.status().is_success() {
+                            acked.lock().unwrap().insert(id);
+                        }
+                        n += 1;
+                    }
+                }));
+            }
+        }
+        let wait = rand::rng().random_range(100..400);
+        tokio::time::sleep(Duration::from_millis(wait)).await;
+        // Kill without warning, under load.
+        if let Some(a) = agents[round % 2].take() {
+            a.kill();
+            agent_kills += 1;
+        }
+        if round % 5 < 2
+            && let Some(h) = hub.take()
+        {
+            h.kill();
+            hub_kills += 1;
+        }
+        stop.cancel();
+        for t in tasks {
+            t.await.unwrap();
+        }
+    }
+    // Everything back up; every till syncs until its backlog is at the hub (twice, for the other till's stock).
+    let hub = hub.unwrap_or_else(|| start_hub(&hub_dir, &format!("127.0.0.1:{port}"), None, TOKEN));
+    let agents: Vec<Running> = agents
+        .into_iter()
+        .enumerate()
+        .map(|(i, a)| {
+            a.unwrap_or_else(|| start_agent_with(&root.path().join(format!("S1-{}", tills[i])), None, Some(&config)))
+        })
+        .collect();
+    for _ in 0..2 {
+        for a in &agents {
+            let st = sync_now(&c, &a.url).await;
+            assert_eq!((st["unsynced"].as_u64(), &st["last_error"]), (Some(0), &Value::Null), "{st}");
+        }
+    }
+    let mut journals: BTreeMap<(String, String), BTreeSet<Uuid>> = BTreeMap::new();
+    let mut all_events = Vec::new();
+    for (till, a) in tills.iter().zip(&agents) {
+        journals.insert(("S1".to_owned(), till.to_string()), journaled(&c, &a.url).await);
+        all_events.extend(crate::util::journal(&c, &a.url).await);
+    }
+    let in_journals: BTreeSet<Uuid> = journals.values().flatten().copied().collect();
+    let acked = acked.lock().unwrap().clone();
+    let lost = acked.difference(&in_journals).count();
+    let total = in_journals.len();
+    let events = wait_for_events(&hub_client(None), &hub.url, total, Duration::from_secs(120)).await;
+    let ids: BTreeSet<&str> = events.iter().filter_map(|e| e["event_id"].as_str()).collect();
+    let duplicated = events.len() - ids.len();
+    let want = crate::util::movements(&all_events);
+    let mut unequal = 0;
+    for (sku, want) in &want {
+        unequal += usize::from(hub_on_hand(&c, &hub.url, TOKEN, "S1", sku).await != *want);
+        for a in &agents {
+            unequal += usize::from(on_hand(&c, &a.url, sku).await != *want);
+        }
+    }
+    println!(
+        "RELIABILITY | crash loops (SIGKILL under load: {agent_kills} agent kills, {hub_kills} hub kills) | {rounds} | \
+         {} sales acknowledged, {total} journaled | {lost} | {duplicated} | {unequal} stock readings unequal |",
+        acked.len()
+    );
+    assert!(agent_kills >= 50 * scale() && hub_kills >= 20 * scale(), "{agent_kills} agent, {hub_kills} hub kills");
+    assert_eq!(lost, 0, "acknowledged sales missing from the journals");
+    check_exactly_once(&events, &journals);
+    assert_eq!(unequal, 0, "stock differs between the hub, the tills and the journals");
+    for (till, a) in tills.iter().zip(agents) {
+        a.stop();
+        let out = agent_cli(&root.path().join(format!("S1-{till}")), &["verify-journal"]);
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    }
+    hub.stop();
+}
