@@ -32,7 +32,7 @@ use tracing::{error, info, warn};
 use crate::docs::{DocError, Docs, SyncLimits};
 use crate::secrets;
 use crate::storage::{IngestError, NewEnrollment, NewMovement, RedeemError, Storage, StorageError, TillId};
-use crate::{Clock, Config, EnrollLimits};
+use crate::{Clock, Config, EnrollLimits, TillRate};
 
 /// Enrolment codes live at most this long.
 const MAX_TTL_S: i64 = 30 * 86_400;
@@ -50,6 +50,8 @@ struct Inner {
     admin_token: String,
     clock: Arc<dyn Clock>,
     enroll_limits: EnrollLimits,
+    /// One token bucket per till ("store/till"); bounded by the number of enrolled tills.
+    till_rate: governor::DefaultKeyedRateLimiter<String>,
 }
 
 /// What every handler shares.
@@ -69,7 +71,7 @@ impl AppState {
         clock: Arc<dyn Clock>,
         enroll_limits: EnrollLimits,
     ) -> AppState {
-        AppState::with_sync(storage, admin_token, clock, enroll_limits, SyncLimits::default())
+        AppState::with_sync(storage, admin_token, clock, enroll_limits, SyncLimits::default(), TillRate::default())
     }
 
     /// [`AppState::new`] with explicit CRDT sync bounds.
@@ -79,9 +81,13 @@ impl AppState {
         clock: Arc<dyn Clock>,
         enroll_limits: EnrollLimits,
         sync: SyncLimits,
+        till_rate: TillRate,
     ) -> AppState {
         let docs = Docs::new(storage.clone(), sync);
-        AppState(Arc::new(Inner { storage, docs, admin_token, clock, enroll_limits }))
+        let nz = |n: u32| std::num::NonZeroU32::new(n.max(1)).unwrap_or(std::num::NonZeroU32::MIN);
+        let quota = governor::Quota::per_second(nz(till_rate.per_second)).allow_burst(nz(till_rate.burst));
+        let till_rate = governor::RateLimiter::keyed(quota);
+        AppState(Arc::new(Inner { storage, docs, admin_token, clock, enroll_limits, till_rate }))
     }
 
     /// Opens the data dir's database and admin token as `config` says.
@@ -96,7 +102,14 @@ impl AppState {
                 token
             }
         };
-        Ok(AppState::with_sync(Arc::new(storage), admin_token, config.clock.clone(), config.enroll_limits, config.sync))
+        Ok(AppState::with_sync(
+            Arc::new(storage),
+            admin_token,
+            config.clock.clone(),
+            config.enroll_limits,
+            config.sync,
+            config.till_rate,
+        ))
     }
 
     fn now(&self) -> i64 {
@@ -320,8 +333,21 @@ impl FromRequestParts<AppState> for TillAuth {
         let token =
             bearer(parts).filter(|t| t.starts_with(secrets::CREDENTIAL_PREFIX)).ok_or_else(ApiError::unauthorized)?;
         let hash = secrets::digest(token);
-        let till = state.db(move |s| s.authenticate(&hash)).await?;
-        till.map(TillAuth).ok_or_else(ApiError::unauthorized)
+        let till = state.db(move |s| s.authenticate(&hash)).await?.ok_or_else(ApiError::unauthorized)?;
+        let key = format!("{}/{}", till.store, till.till);
+        if let Err(not_until) = state.0.till_rate.check_key(&key) {
+            use governor::clock::Clock as _;
+            let wait = not_until.wait_time_from(governor::clock::DefaultClock::default().now());
+            warn!(store = %till.store, till = %till.till, "till over its request rate");
+            let mut e = ApiError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "rate_limited",
+                format!("till {key} is over its request rate; retry in {} ms", wait.as_millis().max(1)),
+            );
+            e.retry_after = Some(wait.as_secs().max(1));
+            return Err(e);
+        }
+        Ok(TillAuth(till))
     }
 }
 

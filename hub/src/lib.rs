@@ -82,6 +82,21 @@ impl Default for EnrollLimits {
     }
 }
 
+/// Per-till request rate on the till endpoints (`/v1/sync/*`): a token bucket of `burst` requests refilled at
+/// `per_second`. Over it a till gets `429 rate_limited` with `Retry-After`; other tills are unaffected. The
+/// defaults leave a draining till (one 1,000-event batch per request) well below the limit.
+#[derive(Debug, Clone, Copy)]
+pub struct TillRate {
+    pub per_second: u32,
+    pub burst: u32,
+}
+
+impl Default for TillRate {
+    fn default() -> Self {
+        TillRate { per_second: 100, burst: 200 }
+    }
+}
+
 /// Everything `serve` needs.
 #[derive(Clone)]
 pub struct Config {
@@ -98,6 +113,8 @@ pub struct Config {
     pub shutdown_grace: std::time::Duration,
     /// Bounds of CRDT sync, documents and compaction.
     pub sync: SyncLimits,
+    /// Per-till request rate.
+    pub till_rate: TillRate,
 }
 
 impl std::fmt::Debug for Config {
@@ -110,6 +127,7 @@ impl std::fmt::Debug for Config {
             .field("admin_token", &self.admin_token.as_ref().map(|_| "<redacted>"))
             .field("enroll_limits", &self.enroll_limits)
             .field("sync", &self.sync)
+            .field("till_rate", &self.till_rate)
             .finish_non_exhaustive()
     }
 }
@@ -127,6 +145,7 @@ impl Config {
             clock: Arc::new(SystemClock),
             shutdown_grace: std::time::Duration::from_secs(10),
             sync: SyncLimits::default(),
+            till_rate: TillRate::default(),
         }
     }
 }

@@ -74,6 +74,12 @@ struct ServeArgs {
     /// Allow plain HTTP on a non-loopback address (only behind a TLS-terminating proxy).
     #[arg(long)]
     insecure_allow_plaintext: bool,
+    /// Requests per second each till may make to the sync endpoints (sustained) [default: 100].
+    #[arg(long, env = "STORESYNC_HUB_TILL_RATE", value_parser = clap::value_parser!(u32).range(1..))]
+    till_rate: Option<u32>,
+    /// Requests a till may make at once above that rate [default: 200].
+    #[arg(long, env = "STORESYNC_HUB_TILL_BURST", value_parser = clap::value_parser!(u32).range(1..))]
+    till_burst: Option<u32>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -174,6 +180,12 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
     };
     config.insecure_allow_plaintext = args.insecure_allow_plaintext || file.insecure_allow_plaintext;
     config.admin_token = std::env::var("STORESYNC_ADMIN_TOKEN").ok().filter(|t| !t.trim().is_empty());
+    if let Some(r) = args.till_rate {
+        config.till_rate.per_second = r;
+    }
+    if let Some(b) = args.till_burst {
+        config.till_rate.burst = b;
+    }
 
     let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
     runtime.block_on(async move {

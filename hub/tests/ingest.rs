@@ -443,6 +443,32 @@ async fn tills_only_ever_touch_their_own_data() {
 }
 
 #[tokio::test]
+async fn a_till_over_its_request_rate_gets_429_and_other_tills_do_not() {
+    let dir = tempfile::tempdir().unwrap();
+    let hub = Hub::start_with(dir.path(), |c| c.till_rate = storesync_hub::TillRate { per_second: 1, burst: 3 }).await;
+    let a = hub.enroll("A", "T1").await;
+    let b = hub.enroll("B", "T1").await;
+    let mut limited = None;
+    for _ in 0..10 {
+        let res = hub.http.get(format!("{}/v1/sync/state", hub.url)).bearer_auth(&a).send().await.unwrap();
+        if res.status().as_u16() == 429 {
+            limited = Some(res);
+            break;
+        }
+        assert_eq!(res.status().as_u16(), 200);
+    }
+    let res = limited.expect("10 requests at once never hit a 3-request burst");
+    let retry: u64 = res.headers()["retry-after"].to_str().unwrap().parse().unwrap();
+    assert!((1..=2).contains(&retry), "{retry}");
+    let body: serde_json::Value = res.json().await.unwrap();
+    assert_eq!(body["error"], "rate_limited", "{body}");
+    // Another store's till is unaffected, and so is an upload from it.
+    assert_eq!(hub.get("/v1/sync/state", Some(&b)).await.0, 200);
+    assert_eq!(hub.upload(&b, &chain("B", "T1", 1, 0)).await.0, 200);
+    hub.stop().await;
+}
+
+#[tokio::test]
 async fn upload_limits_and_bad_bodies() {
     let dir = tempfile::tempdir().unwrap();
     let hub = Hub::start(dir.path()).await;
