@@ -426,17 +426,39 @@ async fn tills_only_ever_touch_their_own_data() {
         assert_eq!((status, got["error"].as_str()), (422, Some("invalid_body")), "{field}: {got}");
     }
 
-    // Admin endpoints refuse till credentials, no token and a wrong token.
-    for token in [Some(a.as_str()), None, Some("wrong")] {
-        for path in ["/v1/admin/stores", "/v1/admin/events"] {
+    // Every admin endpoint refuses till credentials (of the store named or another), no token and a wrong token.
+    for token in [Some(a.as_str()), Some(b.as_str()), None, Some("wrong")] {
+        for path in [
+            "/v1/admin/stores",
+            "/v1/admin/events",
+            "/v1/admin/events?store=A",
+            "/v1/admin/stores/A/stock/SKU-1",
+            "/v1/admin/stores/A/prices/SKU-1",
+            "/v1/admin/stores/A/doc",
+        ] {
             let (status, body) = hub.get(path, token).await;
             assert_eq!((status, body["error"].as_str()), (401, Some("unauthorized")), "{path} {token:?}");
         }
-        let (status, _) = hub.post("/v1/admin/enrollments", token, &json!({"store": "A", "till": "T9"})).await;
-        assert_eq!(status, 401);
-        let (status, _) = hub.post("/v1/admin/revoke", token, &json!({"store": "B", "till": "T1"})).await;
-        assert_eq!(status, 401);
+        let posts = [
+            ("/v1/admin/enrollments", json!({"store": "A", "till": "T9"})),
+            ("/v1/admin/revoke", json!({"store": "B", "till": "T1"})),
+            ("/v1/admin/stock", json!({"store": "A", "movements": [{"sku": "SKU-1", "delta": 5, "reason": "x"}]})),
+            ("/v1/admin/stores/A/compact", json!({})),
+        ];
+        for (path, body) in posts {
+            let (status, got) = hub.post(path, token, &body).await;
+            assert_eq!((status, got["error"].as_str()), (401, Some("unauthorized")), "{path} {token:?}");
+        }
+        let mut req = hub.http.put(format!("{}/v1/admin/prices", hub.url)).json(&json!({"stores": ["A"],
+            "prices": [{"sku": "SKU-1", "price_minor": 1, "currency": "EUR"}]}));
+        if let Some(t) = token {
+            req = req.bearer_auth(t);
+        }
+        assert_eq!(req.send().await.unwrap().status().as_u16(), 401, "PUT /v1/admin/prices {token:?}");
     }
+    // None of that wrote anything: A's stock is untouched, B is still enrolled.
+    assert_eq!(hub.get("/v1/admin/stores/A/stock/SKU-1", Some(ADMIN)).await.1["on_hand"], 0);
+    assert_eq!(hub.get("/v1/sync/state", Some(&b)).await.0, 200);
     // And the admin token is not a till credential.
     assert_eq!(hub.upload(ADMIN, &[]).await.0, 401);
     hub.stop().await;
