@@ -169,7 +169,15 @@ impl Journal {
         let stats = Arc::new(WriterStats::default());
         let (w, docs) = writer::Writer::new(conn, identity.clone(), stats.clone())?;
         let (tx, rx) = mpsc::channel(QUEUE_BOUND);
-        let handle = std::thread::Builder::new().name("journal-writer".into()).spawn(move || w.run(rx))?;
+        let handle = std::thread::Builder::new().name("journal-writer".into()).spawn(move || {
+            // Crash-only: without its writer the agent can only refuse sales, so a panic in it ends the process
+            // (exit 70), and the service manager starts a fresh agent, which reloads everything from disk. What was
+            // acknowledged is committed; nothing in memory needs saving.
+            if std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| w.run(rx))).is_err() {
+                tracing::error!("the journal writer panicked; exiting so the service manager restarts the agent");
+                std::process::exit(70);
+            }
+        })?;
         let reads = Arc::new(ReadPool::new(path.clone(), docs.clone()));
         Ok((Journal { tx, docs, reads, identity, path, stats }, handle))
     }
