@@ -21,6 +21,9 @@ pub struct FileConfig {
     pub log_format: Option<String>,
     /// Upload batch bound: at most this many events per request.
     pub upload_batch_events: Option<usize>,
+    /// How long one request to the hub may take, in seconds (1–600, default 30): a hung connection is given up
+    /// after this long, and the request retried.
+    pub hub_request_timeout_s: Option<u64>,
 }
 
 /// How logs are written.
@@ -94,13 +97,20 @@ impl Config {
         if !(1..=storesync_shared::wire::MAX_BATCH_EVENTS).contains(&upload_batch_events) {
             bail!("upload_batch_events must be between 1 and {}", storesync_shared::wire::MAX_BATCH_EVENTS);
         }
+        let mut sync = crate::sync::SyncConfig { batch_events: upload_batch_events, ..Default::default() };
+        if let Some(s) = file.hub_request_timeout_s {
+            if !(1..=600).contains(&s) {
+                bail!("hub_request_timeout_s must be between 1 and 600");
+            }
+            sync.request_timeout = std::time::Duration::from_secs(s);
+        }
         Ok(Config {
             data_dir: o.data_dir.or(file.data_dir).unwrap_or_else(default_data_dir),
             listen,
             store_id: o.store_id.or(file.store_id),
             till_id: o.till_id.or(file.till_id),
             upload_batch_events,
-            sync: crate::sync::SyncConfig { batch_events: upload_batch_events, ..Default::default() },
+            sync,
         })
     }
 

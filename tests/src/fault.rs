@@ -47,6 +47,8 @@ pub struct FaultCounts {
     pub resets_after_request: AtomicU64,
     pub truncations: AtomicU64,
     pub requests_matched: AtomicU64,
+    /// Chunks a black hole swallowed (either way).
+    pub swallowed: AtomicU64,
 }
 
 /// Shared handle to a running proxy's configuration and counters.
@@ -132,6 +134,7 @@ async fn serve(client: TcpStream, upstream: SocketAddr, faults: Faults, stop: Ca
                 };
                 let cfg = faults.get();
                 if cfg.black_hole {
+                    faults.counts.swallowed.fetch_add(1, Ordering::Relaxed);
                     continue;
                 }
                 {
@@ -162,6 +165,7 @@ async fn serve(client: TcpStream, upstream: SocketAddr, faults: Faults, stop: Ca
             };
             let cfg = faults.get();
             if cfg.black_hole {
+                faults.counts.swallowed.fetch_add(1, Ordering::Relaxed);
                 continue;
             }
             let matched = pending.lock().expect("pending lock").take();

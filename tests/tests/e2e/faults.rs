@@ -43,19 +43,13 @@ async fn lost_acknowledgements_lose_and_double_nothing() {
     });
 
     let c = client();
-    let tasks: Vec<_> = agents.iter().map(|(_, a)| tokio::spawn(sell(c.clone(), a.url.clone(), per_till))).collect();
-    let mut acked: BTreeMap<(String, String), BTreeSet<Uuid>> = BTreeMap::new();
-    for ((till, _), task) in agents.iter().zip(tasks) {
-        acked.insert(("S1".to_owned(), till.clone()), task.await.unwrap());
-    }
+    let acked = sell_everywhere(&c, &agents, per_till).await;
     let total = per_till * tills.len();
     let events = wait_for_events(&hub_client(None), &hub.url, total, Duration::from_secs(300)).await;
     let counts = &proxy.faults.counts;
     let (uploads, resets) =
         (counts.requests_matched.load(Ordering::Relaxed), counts.resets_after_request.load(Ordering::Relaxed));
-    let ids: BTreeSet<&str> = events.iter().filter_map(|e| e["event_id"].as_str()).collect();
-    let lost = acked.values().flatten().filter(|id| !ids.contains(id.to_string().as_str())).count();
-    let duplicated = events.len() - ids.len();
+    let (lost, duplicated) = lost_and_duplicated(&events, acked.values().flatten());
     println!(
         "RELIABILITY | lost acknowledgements (20% of upload answers reset after the hub committed) | 1 | {total} \
          sales, {uploads} uploads, {resets} answers reset | {lost} | {duplicated} | 0 |"
@@ -80,6 +74,37 @@ async fn lost_acknowledgements_lose_and_double_nothing() {
     }
     drop(proxy);
     hub.stop();
+}
+
+/// Sells `per_till` sales on every agent at once; answers the ids each acknowledged, by (store, till).
+async fn sell_everywhere(
+    c: &reqwest::Client,
+    agents: &[(String, Running)],
+    per_till: usize,
+) -> BTreeMap<(String, String), BTreeSet<Uuid>> {
+    let tasks: Vec<_> = agents.iter().map(|(_, a)| tokio::spawn(sell(c.clone(), a.url.clone(), per_till))).collect();
+    let mut acked = BTreeMap::new();
+    for ((till, _), task) in agents.iter().zip(tasks) {
+        acked.insert(("S1".to_owned(), till.clone()), task.await.unwrap());
+    }
+    acked
+}
+
+/// `rounds` times over, every agent syncs until its backlog is at the hub, without an error.
+async fn sync_all<'a>(c: &reqwest::Client, agents: impl Iterator<Item = &'a Running> + Clone, rounds: usize) {
+    for _ in 0..rounds {
+        for a in agents.clone() {
+            let st = sync_now(c, &a.url).await;
+            assert_eq!((st["unsynced"].as_u64(), &st["last_error"]), (Some(0), &Value::Null), "{st}");
+        }
+    }
+}
+
+/// Of the `acked` ids, how many the hub's `events` lack, and how many events the hub holds twice.
+fn lost_and_duplicated<'a>(events: &[Value], acked: impl IntoIterator<Item = &'a Uuid>) -> (usize, usize) {
+    let ids: BTreeSet<&str> = events.iter().filter_map(|e| e["event_id"].as_str()).collect();
+    let lost = acked.into_iter().filter(|id| !ids.contains(id.to_string().as_str())).count();
+    (lost, events.len() - ids.len())
 }
 
 /// Starts a hub and a fault proxy in front of it, and enrols `tills` of store S1 through the proxy.
@@ -130,26 +155,15 @@ async fn a_flapping_link_loses_and_doubles_nothing_and_stock_converges() {
         })
     };
     let c = client();
-    let tasks: Vec<_> = agents.iter().map(|(_, a)| tokio::spawn(sell(c.clone(), a.url.clone(), per_till))).collect();
-    let mut acked: BTreeMap<(String, String), BTreeSet<Uuid>> = BTreeMap::new();
-    for ((till, _), task) in agents.iter().zip(tasks) {
-        acked.insert(("S1".to_owned(), till.clone()), task.await.unwrap());
-    }
+    let acked = sell_everywhere(&c, &agents, per_till).await;
     flapping.cancel();
     let flips = toggler.await.unwrap();
 
     // The link has healed: every till syncs (twice, so each also gets the others' last changes).
-    for _ in 0..2 {
-        for (_, a) in &agents {
-            let st = sync_now(&c, &a.url).await;
-            assert_eq!((st["unsynced"].as_u64(), &st["last_error"]), (Some(0), &Value::Null), "{st}");
-        }
-    }
+    sync_all(&c, agents.iter().map(|(_, a)| a), 2).await;
     let total = per_till * tills.len();
     let events = wait_for_events(&hub_client(None), &hub.url, total, Duration::from_secs(120)).await;
-    let ids: BTreeSet<&str> = events.iter().filter_map(|e| e["event_id"].as_str()).collect();
-    let lost = acked.values().flatten().filter(|id| !ids.contains(id.to_string().as_str())).count();
-    let duplicated = events.len() - ids.len();
+    let (lost, duplicated) = lost_and_duplicated(&events, acked.values().flatten());
     let counts = &proxy.faults.counts;
     let (refused, resets) =
         (counts.refused.load(Ordering::Relaxed), counts.resets_after_request.load(Ordering::Relaxed));
@@ -465,12 +479,7 @@ async fn crash_loops_of_agents_and_hub_lose_and_double_nothing() {
             a.unwrap_or_else(|| start_agent_with(&root.path().join(format!("S1-{}", tills[i])), None, Some(&config)))
         })
         .collect();
-    for _ in 0..2 {
-        for a in &agents {
-            let st = sync_now(&c, &a.url).await;
-            assert_eq!((st["unsynced"].as_u64(), &st["last_error"]), (Some(0), &Value::Null), "{st}");
-        }
-    }
+    sync_all(&c, agents.iter(), 2).await;
     let mut journals: BTreeMap<(String, String), BTreeSet<Uuid>> = BTreeMap::new();
     let mut all_events = Vec::new();
     for (till, a) in tills.iter().zip(&agents) {
@@ -597,6 +606,57 @@ async fn a_restored_backup_is_refused_and_the_documented_recovery_works() {
         &BTreeMap::from([(("S1".to_owned(), "T1".to_owned()), before), (("S1".to_owned(), "T1-r1".to_owned()), after)]),
     );
     fresh.stop();
+    drop(proxy);
+    hub.stop();
+}
+
+/// A black-hole link: every other second the link swallows everything (connections open, nothing forwarded, nothing
+/// answered), while 2 tills take 6,000 sales between them. Agents give up a hung request after their
+/// `hub_request_timeout_s` (2 s here) and retry. Once the link heals: every sale at the hub exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_black_hole_link_loses_and_doubles_nothing() {
+    let per_till = 3_000 * scale();
+    let root = tempfile::tempdir().unwrap();
+    let tills = ["T1", "T2"];
+    let toml = "upload_batch_events = 200\nhub_request_timeout_s = 2\n";
+    let (hub, proxy, agents) = fleet(root.path(), &tills, toml).await;
+    let flapping = tokio_util::sync::CancellationToken::new();
+    let toggler = {
+        let (faults, stop) = (proxy.faults.clone(), flapping.clone());
+        tokio::spawn(async move {
+            let mut holes = 0u64;
+            while !stop.is_cancelled() {
+                holes += 1;
+                faults.set(|f| f.black_hole = holes % 2 == 1);
+                tokio::select! {
+                    () = stop.cancelled() => {}
+                    () = tokio::time::sleep(Duration::from_secs(1)) => {}
+                }
+            }
+            faults.set(|f| f.black_hole = false);
+            holes / 2
+        })
+    };
+    let c = client();
+    let acked = sell_everywhere(&c, &agents, per_till).await;
+    // Keep the link flapping a while after the sales, so uploads meet it too.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    flapping.cancel();
+    let holes = toggler.await.unwrap();
+    sync_all(&c, agents.iter().map(|(_, a)| a), 1).await;
+    let total = per_till * tills.len();
+    let events = wait_for_events(&hub_client(None), &hub.url, total, Duration::from_secs(120)).await;
+    let (lost, duplicated) = lost_and_duplicated(&events, acked.values().flatten());
+    let swallowed = proxy.faults.counts.swallowed.load(Ordering::Relaxed);
+    println!(
+        "RELIABILITY | black-hole link (1 s swallowing every other second; agent request timeout 2 s), 2 tills | 1 | \
+         {total} sales, {holes} black holes, {swallowed} chunks swallowed | {lost} | {duplicated} | 0 |"
+    );
+    assert!(holes >= 2 && swallowed > 0, "the link never swallowed anything: {holes} holes");
+    check_exactly_once(&events, &acked);
+    for (_, a) in agents {
+        a.stop();
+    }
     drop(proxy);
     hub.stop();
 }
