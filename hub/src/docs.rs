@@ -138,38 +138,13 @@ fn load_doc(snapshot: Option<&[u8]>, chunks: &[Vec<u8>]) -> Result<Automerge, St
     Ok(doc.with_actor(ActorId::random()))
 }
 
-fn same_heads(a: &[automerge::ChangeHash], b: &[automerge::ChangeHash]) -> bool {
-    let mut a = a.to_vec();
-    let mut b = b.to_vec();
-    a.sort();
-    b.sort();
-    a == b
-}
-
-/// Checks that every change after `before` only touches `till`'s own stock counters (`"<sku>\u{1f}<till>"`):
-/// a till may not write another writer's slot, the hub's, the epoch base, prices or the root.
+/// Refuses the changes after `before` unless every one only touches `till`'s own stock counters
+/// ([`crdt::foreign_op`]).
 fn check_own_slot(doc: &Automerge, before: &[automerge::ChangeHash], till: &str) -> Result<(), DocError> {
-    let stock = crdt::root_map(doc, crdt::STOCK).map(|o| o.to_string());
-    for change in doc.get_changes(before) {
-        for op in change.decode().operations {
-            let own = match &op.key {
-                automerge::legacy::Key::Map(key) => {
-                    stock.as_deref() == Some(op.obj.to_string().as_str())
-                        && key.split_once('\u{1f}').is_some_and(|(sku, writer)| !sku.is_empty() && writer == till)
-                }
-                automerge::legacy::Key::Seq(_) => false,
-            };
-            if !own {
-                return Err(DocError::Forbidden(format!(
-                    "a change of actor {} writes {:?} of object {}: a till may only change its own stock counters",
-                    change.actor_id(),
-                    op.key,
-                    op.obj
-                )));
-            }
-        }
+    match crdt::foreign_op(doc, before, till) {
+        None => Ok(()),
+        Some(what) => Err(DocError::Forbidden(format!("{what}: a till may only change its own stock counters"))),
     }
-    Ok(())
 }
 
 /// What a write adds to its `DocWrite` besides the document chunk.
@@ -354,11 +329,7 @@ impl Docs {
             }
             let ours = doc.get_heads();
             let reply = doc.generate_sync_message(&mut state);
-            let till_is_current = match &their_heads {
-                Some(theirs) => same_heads(theirs, &ours),
-                None => same_heads(&state.shared_heads, &ours),
-            };
-            let reply = reply.filter(|r| !(r.changes.is_empty() && r.need.is_empty() && till_is_current));
+            let reply = crdt::reply_if_needed(reply, their_heads.as_deref(), &state.shared_heads, &ours);
             let encoded = state.encode();
             let sync_state = (stored.as_ref() != Some(&encoded)).then(|| (till.to_owned(), encoded));
             let extra = Extra { sync_state, movements: Vec::new() };

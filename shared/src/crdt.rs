@@ -330,6 +330,56 @@ pub fn rebase_on_snapshot(
     Ok(doc)
 }
 
+/// Whether two sets of heads are the same (in any order).
+pub fn same_heads(a: &[ChangeHash], b: &[ChangeHash]) -> bool {
+    let (mut a, mut b) = (a.to_vec(), b.to_vec());
+    a.sort();
+    b.sort();
+    a == b
+}
+
+/// The first operation, in the changes of `doc` after `before`, that is not on one of `writer`'s own stock
+/// counters (`"<sku>\u{1f}<writer>"` in the stock map), described for an error message; `None` when every one is.
+/// The hub refuses a till's sync message that holds such an operation: a till may not write another writer's slot,
+/// the hub's, the epoch base, prices or the root.
+pub fn foreign_op(doc: &Automerge, before: &[ChangeHash], writer: &str) -> Option<String> {
+    let stock = root_map(doc, STOCK).map(|o| o.to_string());
+    for change in doc.get_changes(before) {
+        for op in change.decode().operations {
+            let own = match &op.key {
+                automerge::legacy::Key::Map(key) => {
+                    stock.as_deref() == Some(op.obj.to_string().as_str())
+                        && key.split_once('\u{1f}').is_some_and(|(sku, w)| !sku.is_empty() && w == writer)
+                }
+                automerge::legacy::Key::Seq(_) => false,
+            };
+            if !own {
+                return Some(format!(
+                    "a change of actor {} writes {:?} of object {}",
+                    change.actor_id(),
+                    op.key,
+                    op.obj
+                ));
+            }
+        }
+    }
+    None
+}
+
+/// The hub's "nothing to send" rule for one sync round: drops `reply` when it carries no changes and asks for
+/// none, and the till already has `ours` (its message said so in `their_heads`, or, for a round without a message,
+/// the shared heads kept between rounds are `ours`). Only `State::encode` survives between the hub's rounds, so
+/// automerge alone would answer every round.
+pub fn reply_if_needed(
+    reply: Option<automerge::sync::Message>,
+    their_heads: Option<&[ChangeHash]>,
+    shared_heads: &[ChangeHash],
+    ours: &[ChangeHash],
+) -> Option<automerge::sync::Message> {
+    let current = same_heads(their_heads.unwrap_or(shared_heads), ours);
+    reply.filter(|r| !(r.changes.is_empty() && r.need.is_empty() && current))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -343,6 +393,40 @@ mod tests {
         let mut tx = doc.transaction();
         apply_stock(&mut tx, &stock, writer, &BTreeMap::from([(sku.to_owned(), delta)])).unwrap();
         tx.commit();
+    }
+
+    #[test]
+    fn foreign_op_finds_writes_outside_the_writers_own_slot() {
+        let mut doc = till("t1");
+        let before = doc.get_heads();
+        sell(&mut doc, "T1", "A", -1);
+        assert_eq!(foreign_op(&doc, &before, "T1"), None);
+        let before = doc.get_heads();
+        sell(&mut doc, HUB_WRITER, "A", 5);
+        assert!(foreign_op(&doc, &before, "T1").is_some(), "the hub's slot is not T1's");
+        let before = doc.get_heads();
+        let prices = root_map(&doc, PRICES).unwrap();
+        let mut tx = doc.transaction();
+        tx.put(&prices, "A\u{1f}T1", "1 EUR").unwrap();
+        tx.commit();
+        assert!(foreign_op(&doc, &before, "T1").is_some(), "a key shaped like T1's slot, but in prices");
+    }
+
+    #[test]
+    fn reply_if_needed_drops_only_empty_replies_to_a_current_till() {
+        use automerge::sync::SyncDoc;
+        let mut hub = till("hub");
+        sell(&mut hub, HUB_WRITER, "A", 5);
+        let ours = hub.get_heads();
+        // A first message carries no changes and needs none: only the heads and the Bloom filter.
+        let reply = hub.generate_sync_message(&mut automerge::sync::State::new());
+        assert!(reply.as_ref().is_some_and(|r| r.need.is_empty()));
+        // The till said it lacks our heads, or a round without a message finds other shared heads: it goes out.
+        assert!(reply_if_needed(reply.clone(), Some(&[]), &ours, &ours).is_some());
+        assert!(reply_if_needed(reply.clone(), None, &[], &ours).is_some());
+        // The till has our heads, by its message or by the shared heads: nothing to send.
+        assert!(reply_if_needed(reply.clone(), Some(&ours), &[], &ours).is_none());
+        assert!(reply_if_needed(reply, None, &ours, &ours).is_none());
     }
 
     #[test]

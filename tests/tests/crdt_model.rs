@@ -28,7 +28,7 @@ use std::collections::{BTreeMap, BTreeSet, HashSet};
 
 use automerge::sync::{Message, State, SyncDoc};
 use automerge::transaction::CommitOptions;
-use automerge::{ActorId, Automerge, ChangeHash};
+use automerge::{ActorId, Automerge};
 use proptest::prelude::*;
 use serde_json::{Value, json};
 use storesync_shared::EventKind;
@@ -276,30 +276,6 @@ struct Hub {
     now: i64,
 }
 
-fn same_heads(a: &[ChangeHash], b: &[ChangeHash]) -> bool {
-    let (mut a, mut b) = (a.to_vec(), b.to_vec());
-    a.sort();
-    b.sort();
-    a == b
-}
-
-/// hub/src/docs.rs `check_own_slot`, as an assertion: a till's changes touch only its own stock counters.
-fn assert_own_slot(doc: &Automerge, before: &[ChangeHash], till: &str) {
-    let stock = crdt::root_map(doc, crdt::STOCK).map(|o| o.to_string());
-    for change in doc.get_changes(before) {
-        for op in change.decode().operations {
-            let own = match &op.key {
-                automerge::legacy::Key::Map(key) => {
-                    stock.as_deref() == Some(op.obj.to_string().as_str())
-                        && key.split_once('\u{1f}').is_some_and(|(sku, w)| !sku.is_empty() && w == till)
-                }
-                automerge::legacy::Key::Seq(_) => false,
-            };
-            assert!(own, "{till} sent a change outside its own slot: {:?} of {}", op.key, op.obj);
-        }
-    }
-}
-
 impl Hub {
     fn new() -> Hub {
         Hub {
@@ -326,15 +302,14 @@ impl Hub {
         if let Some(m) = message {
             let before = self.doc.get_heads();
             self.doc.receive_sync_message(&mut state, m).expect("the hub accepts the till's message");
-            assert_own_slot(&self.doc, &before, till);
+            // hub/src/docs.rs `check_own_slot`, as an assertion.
+            if let Some(what) = crdt::foreign_op(&self.doc, &before, till) {
+                panic!("{till} sent a change outside its own slot: {what}");
+            }
         }
         let ours = self.doc.get_heads();
         let reply = self.doc.generate_sync_message(&mut state);
-        let till_is_current = match &their_heads {
-            Some(theirs) => same_heads(theirs, &ours),
-            None => same_heads(&state.shared_heads, &ours),
-        };
-        let reply = reply.filter(|r| !(r.changes.is_empty() && r.need.is_empty() && till_is_current));
+        let reply = crdt::reply_if_needed(reply, their_heads.as_deref(), &state.shared_heads, &ours);
         self.sync_states.insert(till, state.encode());
         Ok(reply.map(Message::encode))
     }
@@ -519,7 +494,7 @@ impl World {
                 }
             }
             let heads = self.hub.doc.get_heads();
-            if self.tills.iter().all(|t| same_heads(&t.doc.get_heads(), &heads)) {
+            if self.tills.iter().all(|t| crdt::same_heads(&t.doc.get_heads(), &heads)) {
                 return;
             }
         }

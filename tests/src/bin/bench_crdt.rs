@@ -36,7 +36,7 @@ use std::time::Instant;
 use anyhow::{Context, bail};
 use automerge::sync::{Message, State, SyncDoc};
 use automerge::transaction::CommitOptions;
-use automerge::{ActorId, Automerge, ChangeHash};
+use automerge::{ActorId, Automerge};
 use clap::Parser;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -115,13 +115,6 @@ fn add_into(into: &mut BTreeMap<String, i64>, from: &BTreeMap<String, i64>) {
     }
 }
 
-fn same_heads(a: &[ChangeHash], b: &[ChangeHash]) -> bool {
-    let (mut a, mut b) = (a.to_vec(), b.to_vec());
-    a.sort();
-    b.sort();
-    a == b
-}
-
 struct Hub {
     doc: Automerge,
     epoch: u64,
@@ -167,11 +160,8 @@ impl Hub {
         }
         let ours = self.doc.get_heads();
         let reply = self.doc.generate_sync_message(&mut state);
-        let current = match &their_heads {
-            Some(t) => same_heads(t, &ours),
-            None => same_heads(&state.shared_heads, &ours),
-        };
-        let reply = reply.filter(|r| !(r.changes.is_empty() && r.need.is_empty() && current)).map(Message::encode);
+        let reply =
+            crdt::reply_if_needed(reply, their_heads.as_deref(), &state.shared_heads, &ours).map(Message::encode);
         self.bytes_out += reply.as_ref().map_or(0, |r| r.len() as u64);
         self.states.insert(till, state.encode());
         Ok(Ok(reply))
@@ -305,7 +295,7 @@ fn bootstrap(hub: &mut Hub, id: usize) -> anyhow::Result<Boot> {
     };
     let rounds = fresh.session(id, hub, &mut |_| Ok(BTreeMap::new()))?;
     let ms = started.elapsed().as_secs_f64() * 1000.0;
-    if !same_heads(&fresh.doc.get_heads(), &hub.doc.get_heads()) {
+    if !crdt::same_heads(&fresh.doc.get_heads(), &hub.doc.get_heads()) {
         bail!("the fresh till did not converge");
     }
     hub.states.remove(&id);
@@ -509,7 +499,7 @@ fn run(args: &Args) -> anyhow::Result<()> {
         bail!("the hub's stock differs from receipts + journal effects");
     }
     for till in &tills {
-        if !same_heads(&till.doc.get_heads(), &hub.doc.get_heads()) {
+        if !crdt::same_heads(&till.doc.get_heads(), &hub.doc.get_heads()) {
             bail!("a till did not converge");
         }
     }
