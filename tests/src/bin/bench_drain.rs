@@ -32,6 +32,7 @@ use anyhow::{Context, bail, ensure};
 use clap::Parser;
 use rusqlite::{Connection, params};
 use serde_json::Value;
+use storesync_tests::bench::{device_of, loadavg, median, pct, strip_ansi};
 use storesync_tests::proc::{Running, agent_cli, bin, enroll_code, isolate, start_agent_with};
 use storesync_tests::sales::{SKUS, sale};
 use uuid::Uuid;
@@ -96,42 +97,6 @@ struct Args {
 }
 
 // ---------------------------------------------------------------- small helpers
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.retain(|x| !x.is_nan());
-    v.sort_by(f64::total_cmp);
-    let n = v.len();
-    if n == 0 {
-        f64::NAN
-    } else if n % 2 == 1 {
-        v[n / 2]
-    } else {
-        (v[n / 2 - 1] + v[n / 2]) / 2.0
-    }
-}
-
-fn pct(sorted: &[f64], p: f64) -> f64 {
-    if sorted.is_empty() {
-        return f64::NAN;
-    }
-    let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
-    sorted[rank.clamp(1, sorted.len()) - 1]
-}
-
-fn loadavg() -> String {
-    std::fs::read_to_string("/proc/loadavg")
-        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
-        .unwrap_or_else(|_| "?".into())
-}
-
-/// `df -P -T` of `dir`: device and filesystem type.
-fn device_of(dir: &Path) -> (String, String) {
-    let out = Command::new("df").arg("-P").arg("-T").arg(dir).output();
-    let text = out.map(|o| String::from_utf8_lossy(&o.stdout).into_owned()).unwrap_or_default();
-    let line = text.lines().nth(1).unwrap_or("");
-    let mut cols = line.split_whitespace();
-    (cols.next().unwrap_or("?").to_owned(), cols.next().unwrap_or("?").to_owned())
-}
 
 fn port_of(url: &str) -> anyhow::Result<u16> {
     url.rsplit(':').next().unwrap_or("").trim_end_matches('/').parse().with_context(|| format!("port of {url}"))
@@ -333,24 +298,6 @@ async fn stock_matches(
         }
     }
     true
-}
-
-/// `s` without its ANSI colour sequences (`ESC [ ... m`).
-fn strip_ansi(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    let mut chars = s.chars();
-    while let Some(ch) = chars.next() {
-        if ch == '\u{1b}' {
-            for c in chars.by_ref() {
-                if c.is_ascii_alphabetic() {
-                    break;
-                }
-            }
-        } else {
-            out.push(ch);
-        }
-    }
-    out
 }
 
 /// Per-batch intervals (ms) between the hub's "upload acknowledged" debug lines, from its log.

@@ -21,6 +21,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use clap::Parser;
 use rusqlite::{Connection, params};
+use storesync_tests::bench::{device_of, loadavg, median, ms, pct, sorted, strip_ansi};
 use storesync_tests::proc::{Running, bin, isolate, start_agent};
 use storesync_tests::sales::{SKUS, sale};
 use tokio::sync::Mutex;
@@ -145,24 +146,6 @@ fn writer_stats(log: &Path, from: usize, to: usize, secs: f64) -> Option<WriterS
     Some(st)
 }
 
-/// The log may be coloured: drop `ESC [ ... m` sequences.
-fn strip_ansi(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    let mut chars = s.chars();
-    while let Some(c) = chars.next() {
-        if c == '\u{1b}' {
-            for c in chars.by_ref() {
-                if c.is_ascii_alphabetic() {
-                    break;
-                }
-            }
-        } else {
-            out.push(c);
-        }
-    }
-    out
-}
-
 fn log_len(log: &Path) -> usize {
     std::fs::metadata(log).map(|m| m.len() as usize).unwrap_or(0)
 }
@@ -175,51 +158,6 @@ impl Round {
     fn concurrent_share(&self) -> f64 {
         self.agent16_rate / self.raw100_rate
     }
-}
-
-/// Nearest-rank percentile of sorted milliseconds.
-fn pct(sorted: &[f64], p: f64) -> f64 {
-    if sorted.is_empty() {
-        return f64::NAN;
-    }
-    let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
-    sorted[rank.clamp(1, sorted.len()) - 1]
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    let n = v.len();
-    if n == 0 {
-        f64::NAN
-    } else if n % 2 == 1 {
-        v[n / 2]
-    } else {
-        (v[n / 2 - 1] + v[n / 2]) / 2.0
-    }
-}
-
-fn ms(d: Duration) -> f64 {
-    d.as_secs_f64() * 1000.0
-}
-
-fn sorted(mut v: Vec<f64>) -> Vec<f64> {
-    v.sort_by(f64::total_cmp);
-    v
-}
-
-fn loadavg() -> String {
-    std::fs::read_to_string("/proc/loadavg")
-        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
-        .unwrap_or_else(|_| "?".into())
-}
-
-/// `df -P -T` of `dir`: device and filesystem type.
-fn device_of(dir: &Path) -> (String, String) {
-    let out = std::process::Command::new("df").arg("-P").arg("-T").arg(dir).output();
-    let text = out.map(|o| String::from_utf8_lossy(&o.stdout).into_owned()).unwrap_or_default();
-    let line = text.lines().nth(1).unwrap_or("");
-    let mut cols = line.split_whitespace();
-    (cols.next().unwrap_or("?").to_owned(), cols.next().unwrap_or("?").to_owned())
 }
 
 /// A ~300-byte canonical sale body, and its event id.
