@@ -127,18 +127,11 @@ struct UploadView {
 
 /// [`UploadView`], read without `journal_status`: its `SELECT COUNT(*), MAX(seq)` visits every journal row (the
 /// pair defeats SQLite's min/max optimisation), so a drain re-read the whole journal for every batch. `MAX(seq)`
-/// alone is read off the end of the rowid b-tree; the other two queries are the ones `journal_status` runs.
+/// alone is read off the end of the rowid b-tree; the backlog age comes from [`crate::journal::upload_backlog`], as
+/// in `journal_status`.
 fn upload_view(conn: &rusqlite::Connection, journal_id: String) -> anyhow::Result<UploadView> {
-    use rusqlite::OptionalExtension as _;
     let last_seq: Option<u64> = conn.query_row("SELECT MAX(seq) FROM journal", [], |r| r.get(0))?;
-    let acked: u64 =
-        conn.query_row("SELECT acked_seq FROM upload_cursor WHERE id = 1", [], |r| r.get(0)).optional()?.unwrap_or(0);
-    let oldest: Option<String> = conn
-        .query_row("SELECT recorded_at FROM journal WHERE seq > ?1 ORDER BY seq LIMIT 1", [acked], |r| r.get(0))
-        .optional()?;
-    let oldest_unsynced_age_s = oldest
-        .and_then(|t| OffsetDateTime::parse(&t, &time::format_description::well_known::Rfc3339).ok())
-        .map_or(0, |t| (OffsetDateTime::now_utc() - t).whole_seconds().max(0) as u64);
+    let (_, oldest_unsynced_age_s) = crate::journal::upload_backlog(conn)?;
     Ok(UploadView { journal_id, last_seq: last_seq.unwrap_or(0), oldest_unsynced_age_s })
 }
 

@@ -127,16 +127,7 @@ async fn serve(client: TcpStream, upstream: SocketAddr, faults: Faults, stop: Ca
         let (faults, pending, broken) = (faults.clone(), pending.clone(), broken.clone());
         async move {
             let mut buf = vec![0u8; 64 * 1024];
-            loop {
-                let n = match cr.read(&mut buf).await {
-                    Ok(0) | Err(_) => break,
-                    Ok(n) => n,
-                };
-                let cfg = faults.get();
-                if cfg.black_hole {
-                    faults.counts.swallowed.fetch_add(1, Ordering::Relaxed);
-                    continue;
-                }
+            while let Some((n, cfg)) = next_chunk(&mut cr, &mut buf, &faults).await {
                 {
                     let mut p = pending.lock().expect("pending lock");
                     if p.is_none() {
@@ -158,16 +149,7 @@ async fn serve(client: TcpStream, upstream: SocketAddr, faults: Faults, stop: Ca
     };
     let down = async move {
         let mut buf = vec![0u8; 64 * 1024];
-        loop {
-            let n = match sr.read(&mut buf).await {
-                Ok(0) | Err(_) => break,
-                Ok(n) => n,
-            };
-            let cfg = faults.get();
-            if cfg.black_hole {
-                faults.counts.swallowed.fetch_add(1, Ordering::Relaxed);
-                continue;
-            }
+        while let Some((n, cfg)) = next_chunk(&mut sr, &mut buf, &faults).await {
             let matched = pending.lock().expect("pending lock").take();
             if matched == Some(true) {
                 let roll: f64 = rand::rng().random();
@@ -194,6 +176,26 @@ async fn serve(client: TcpStream, upstream: SocketAddr, faults: Faults, stop: Ca
     tokio::select! {
         () = stop.cancelled() => {}
         _ = async { tokio::join!(up, down) } => {}
+    }
+}
+
+/// Reads the next chunk to forward into `buf`, with the configuration to forward it under; chunks a black hole
+/// swallows are counted and skipped. `None` once the connection ends.
+async fn next_chunk(
+    from: &mut tokio::net::tcp::OwnedReadHalf,
+    buf: &mut [u8],
+    faults: &Faults,
+) -> Option<(usize, FaultConfig)> {
+    loop {
+        let n = match from.read(buf).await {
+            Ok(0) | Err(_) => return None,
+            Ok(n) => n,
+        };
+        let cfg = faults.get();
+        if !cfg.black_hole {
+            return Some((n, cfg));
+        }
+        faults.counts.swallowed.fetch_add(1, Ordering::Relaxed);
     }
 }
 

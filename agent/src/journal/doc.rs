@@ -38,12 +38,13 @@ pub(crate) enum DocCommand {
 impl DocCommand {
     /// Answers the command with `e` without running it.
     pub(super) fn fail(self, e: AppendError) {
-        let _ = match self {
+        // A caller that went away no longer needs the answer.
+        match self {
             DocCommand::Begin { reply }
             | DocCommand::Receive { reply, .. }
-            | DocCommand::InstallEpoch { reply, .. } => reply.send(Err(e)).map_err(drop),
-            DocCommand::Generate { reply } => reply.send(Err(e)).map_err(drop),
-        };
+            | DocCommand::InstallEpoch { reply, .. } => drop(reply.send(Err(e))),
+            DocCommand::Generate { reply } => drop(reply.send(Err(e))),
+        }
     }
 }
 

@@ -51,7 +51,9 @@ use storesync_shared::wire::Receipt;
 use tokio::sync::{mpsc, oneshot};
 use uuid::Uuid;
 
-pub use reader::{JournalStatus, ReadPool, Verified, VerifyError, journal_page, journal_status, verify_chain};
+pub use reader::{
+    JournalStatus, ReadPool, Verified, VerifyError, journal_page, journal_status, upload_backlog, verify_chain,
+};
 pub use schema::{Identity, IdentityClaim, open_read_only, valid_id};
 
 /// How many commands may wait for the writer before callers are told to come back later.

@@ -120,20 +120,25 @@ pub struct JournalStatus {
     pub oldest_unsynced_age_s: u64,
 }
 
-pub fn journal_status(conn: &Connection) -> anyhow::Result<JournalStatus> {
-    let identity = read_identity(conn)?;
-    let (len, last_seq): (u64, Option<u64>) =
-        conn.query_row("SELECT COUNT(*), MAX(seq) FROM journal", [], |r| Ok((r.get(0)?, r.get(1)?)))?;
-    let last_seq = last_seq.unwrap_or(0);
+/// How far the hub has acknowledged (`acked_seq`), and the age in seconds of the oldest entry after that.
+pub fn upload_backlog(conn: &Connection) -> anyhow::Result<(u64, u64)> {
     let acked: u64 =
         conn.query_row("SELECT acked_seq FROM upload_cursor WHERE id = 1", [], |r| r.get(0)).optional()?.unwrap_or(0);
     let oldest: Option<String> = conn
         .query_row("SELECT recorded_at FROM journal WHERE seq > ?1 ORDER BY seq LIMIT 1", [acked], |r| r.get(0))
         .optional()?;
-    let oldest_unsynced_age_s = oldest
+    let age = oldest
         .and_then(|t| OffsetDateTime::parse(&t, &Rfc3339).ok())
-        .map(|t| (OffsetDateTime::now_utc() - t).whole_seconds().max(0) as u64)
-        .unwrap_or(0);
+        .map_or(0, |t| (OffsetDateTime::now_utc() - t).whole_seconds().max(0) as u64);
+    Ok((acked, age))
+}
+
+pub fn journal_status(conn: &Connection) -> anyhow::Result<JournalStatus> {
+    let identity = read_identity(conn)?;
+    let (len, last_seq): (u64, Option<u64>) =
+        conn.query_row("SELECT COUNT(*), MAX(seq) FROM journal", [], |r| Ok((r.get(0)?, r.get(1)?)))?;
+    let last_seq = last_seq.unwrap_or(0);
+    let (acked, oldest_unsynced_age_s) = upload_backlog(conn)?;
     Ok(JournalStatus {
         store_id: identity.store_id,
         till_id: identity.till_id,
