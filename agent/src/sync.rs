@@ -289,6 +289,10 @@ impl Link {
             return Err(Link::classify(status, &r, wait));
         }
         let ack: UploadAck = resp.json().await.map_err(|e| Failure::Unreachable(format!("reading the ack: {e}")))?;
+        if !ack.quarantined.is_empty() {
+            // Stored and acknowledged, so never resent; head office has to upgrade the hub or correct them.
+            tracing::warn!(seqs = ?ack.quarantined, "the hub quarantined journal entries it cannot process");
+        }
         self.acknowledge(state, &req.events, ack, js.last_seq).await?;
         let acked = self.hub_seq.unwrap_or(0);
         Ok(if acked >= js.last_seq || last_sent.is_none() { Round::Drained } else { Round::More })

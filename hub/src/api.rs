@@ -31,7 +31,9 @@ use tracing::{error, info, warn};
 
 use crate::docs::{DocError, Docs, SyncLimits};
 use crate::secrets;
-use crate::storage::{IngestError, NewEnrollment, NewMovement, RedeemError, Storage, StorageError, TillId};
+use crate::storage::{
+    IngestError, NewEnrollment, NewMovement, RedeemError, ReleaseOutcome, Storage, StorageError, StoredEvent, TillId,
+};
 use crate::{Clock, Config, EnrollLimits, TillRate};
 
 /// Enrolment codes live at most this long.
@@ -165,6 +167,8 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/admin/revoke", post(admin_revoke))
         .route("/v1/admin/stores", get(admin_stores))
         .route("/v1/admin/events", get(admin_events))
+        .route("/v1/admin/quarantine", get(admin_quarantine))
+        .route("/v1/admin/quarantine/release", post(admin_release))
         .route("/v1/sync/snapshot", get(sync_snapshot))
         .route("/v1/admin/stores/{store}/stock/{sku}", get(admin_stock))
         .route("/v1/admin/stores/{store}/prices/{sku}", get(admin_price))
@@ -530,8 +534,14 @@ async fn upload(
     let t = till.clone();
     let res = state.db(move |s| s.append_batch(&t, &req, now)).await;
     match &res {
-        Ok(ack) => tracing::debug!(store_id = %till.store, till_id = %till.till, events = n,
-                                   acked_through = ack.acked_through, "upload acknowledged"),
+        Ok(ack) => {
+            tracing::debug!(store_id = %till.store, till_id = %till.till, events = n,
+                            acked_through = ack.acked_through, "upload acknowledged");
+            if !ack.quarantined.is_empty() {
+                warn!(store_id = %till.store, till_id = %till.till, seqs = ?ack.quarantined,
+                      "events stored in quarantine: this hub cannot process their bodies (see /v1/admin/quarantine)");
+            }
+        }
         Err(err) => warn!(store_id = %till.store, till_id = %till.till, error = err.code,
                           detail = %err.detail, "upload refused"),
     }
@@ -573,6 +583,7 @@ async fn admin_stores(_: AdminAuth, State(state): State<AppState>) -> Result<Jso
                         "last_error": t.last_error,
                         "enrolled": t.enrolled,
                         "revoked": t.revoked,
+                        "quarantined": t.quarantined,
                     })
                 })
                 .collect();
@@ -587,13 +598,14 @@ struct EventsQuery {
     store: Option<String>,
     after: Option<String>,
     limit: Option<String>,
+    /// `GET /v1/admin/quarantine` only: also list released events.
+    released: Option<String>,
 }
 
-async fn admin_events(
-    _: AdminAuth,
-    State(state): State<AppState>,
+/// A page of an event listing: `(store filter, after cursor, limit)`, each checked.
+fn events_page(
     query: Result<Query<EventsQuery>, axum::extract::rejection::QueryRejection>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<(Option<String>, i64, usize, EventsQuery), ApiError> {
     let Query(q) =
         query.map_err(|e| ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_query", e.body_text()))?;
     let after = match q.after.as_deref().filter(|s| !s.is_empty()) {
@@ -609,27 +621,121 @@ async fn admin_events(
         })?,
     }
     .min(MAX_EVENTS_LIMIT);
-    let store = q.store.filter(|s| !s.is_empty());
+    let store = q.store.clone().filter(|s| !s.is_empty());
+    Ok((store, after, limit, q))
+}
+
+fn event_json(e: StoredEvent) -> Value {
+    let body: Value = serde_json::from_str(&e.body).unwrap_or(Value::Null);
+    json!({
+        "cursor": e.hub_pos.to_string(),
+        "event_id": e.event_id,
+        "store": e.store,
+        "till": e.till,
+        "seq": e.seq,
+        "kind": e.kind,
+        "occurred_at": e.occurred_at,
+        "body": body,
+        "hash": e.hash,
+        "quarantined": e.quarantined,
+    })
+}
+
+async fn admin_events(
+    _: AdminAuth,
+    State(state): State<AppState>,
+    query: Result<Query<EventsQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let (store, after, limit, _) = events_page(query)?;
     let events = state.db(move |s| s.list_events(store.as_deref(), after, limit)).await?;
     let next = events.last().map(|e| e.hub_pos.to_string());
-    let events: Vec<Value> = events
+    let events: Vec<Value> = events.into_iter().map(event_json).collect();
+    Ok(Json(json!({ "events": events, "next": next })))
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// Quarantine: events stored in the chain that this hub cannot process
+
+async fn admin_quarantine(
+    _: AdminAuth,
+    State(state): State<AppState>,
+    query: Result<Query<EventsQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let (store, after, limit, q) = events_page(query)?;
+    let released = match q.released.as_deref() {
+        None | Some("" | "false") => false,
+        Some("true") => true,
+        Some(_) => {
+            return Err(ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "invalid_query",
+                "released must be true or false",
+            ));
+        }
+    };
+    let found = state.db(move |s| s.list_quarantine(store.as_deref(), released, after, limit)).await?;
+    let next = found.last().map(|q| q.event.hub_pos.to_string());
+    let items: Vec<Value> = found
         .into_iter()
-        .map(|e| {
-            let body: Value = serde_json::from_str(&e.body).unwrap_or(Value::Null);
-            json!({
-                "cursor": e.hub_pos.to_string(),
-                "event_id": e.event_id,
-                "store": e.store,
-                "till": e.till,
-                "seq": e.seq,
-                "kind": e.kind,
-                "occurred_at": e.occurred_at,
-                "body": body,
-                "hash": e.hash,
-            })
+        .map(|q| {
+            let mut v = event_json(q.event);
+            v["reason"] = json!(q.reason);
+            v["quarantined_at"] = json!(rfc3339(q.quarantined_at));
+            v["released_at"] = json!(q.released_at.map(rfc3339));
+            v
         })
         .collect();
-    Ok(Json(json!({ "events": events, "next": next })))
+    Ok(Json(json!({ "quarantined": items, "next": next })))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ReleaseRequest {
+    store: String,
+    till: String,
+    seq: u64,
+}
+
+/// Whether this hub can now process a stored event: the body check of the upload path.
+fn recheck(e: &StoredEvent) -> Result<(), String> {
+    let kind = storesync_shared::EventKind::parse(&e.kind).ok_or_else(|| format!("unknown kind {}", e.kind))?;
+    let body: Value = serde_json::from_str(&e.body).map_err(|err| format!("stored body: {err}"))?;
+    let entry = storesync_shared::wire::JournalEvent {
+        seq: e.seq,
+        event_id: e.event_id,
+        kind,
+        occurred_at: e.occurred_at.clone(),
+        body,
+        prev_hash: String::new(),
+        hash: e.hash.clone(),
+    };
+    entry.check_body().map_err(|err| err.to_string())
+}
+
+async fn admin_release(
+    _: AdminAuth,
+    State(state): State<AppState>,
+    JsonBody(req): JsonBody<ReleaseRequest>,
+) -> Result<Json<Value>, ApiError> {
+    let till = check_ids(&req.store, &req.till)?;
+    let now = state.now();
+    let (t, seq) = (till.clone(), req.seq);
+    match state.db(move |s| s.release_quarantined(&t, seq, now, &recheck)).await? {
+        ReleaseOutcome::Released => {
+            info!(store_id = %till.store, till_id = %till.till, seq, "quarantined event released");
+            Ok(Json(json!({"store": till.store, "till": till.till, "seq": seq, "released": true})))
+        }
+        ReleaseOutcome::NotQuarantined => Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "not_quarantined",
+            format!("no quarantined event at store {} till {} seq {seq}", till.store, till.till),
+        )),
+        ReleaseOutcome::StillInvalid(why) => Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "still_invalid",
+            format!("this hub still cannot process the event: {why}"),
+        )),
+    }
 }
 
 // ---------------------------------------------------------------------------------------------------------------

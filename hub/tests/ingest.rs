@@ -435,6 +435,8 @@ async fn tills_only_ever_touch_their_own_data() {
             "/v1/admin/stores/A/stock/SKU-1",
             "/v1/admin/stores/A/prices/SKU-1",
             "/v1/admin/stores/A/doc",
+            "/v1/admin/quarantine",
+            "/v1/admin/quarantine?store=A&released=true",
         ] {
             let (status, body) = hub.get(path, token).await;
             assert_eq!((status, body["error"].as_str()), (401, Some("unauthorized")), "{path} {token:?}");
@@ -444,6 +446,7 @@ async fn tills_only_ever_touch_their_own_data() {
             ("/v1/admin/revoke", json!({"store": "B", "till": "T1"})),
             ("/v1/admin/stock", json!({"store": "A", "movements": [{"sku": "SKU-1", "delta": 5, "reason": "x"}]})),
             ("/v1/admin/stores/A/compact", json!({})),
+            ("/v1/admin/quarantine/release", json!({"store": "A", "till": "T1", "seq": 1})),
         ];
         for (path, body) in posts {
             let (status, got) = hub.post(path, token, &body).await;
@@ -506,6 +509,17 @@ async fn upload_limits_and_bad_bodies() {
     assert_eq!((status, body["error"].as_str()), (422, Some("invalid_body")), "{body}");
     let (status, body) = hub.get("/v1/admin/events?after=abc", Some(ADMIN)).await;
     assert_eq!((status, body["error"].as_str()), (422, Some("invalid_cursor")), "{body}");
+    let (status, body) = hub.get("/v1/admin/quarantine?released=maybe", Some(ADMIN)).await;
+    assert_eq!((status, body["error"].as_str()), (422, Some("invalid_query")), "{body}");
+    for (req, code) in [
+        (json!({"store": "S1", "till": "T1", "seq": 1}), (404, "not_quarantined")),
+        (json!({"store": "S 1", "till": "T1", "seq": 1}), (422, "invalid_id")),
+        (json!({"store": "S1", "till": "T1", "seq": -1}), (422, "invalid_body")),
+        (json!({"store": "S1", "till": "T1", "seq": 1, "released_at": 5}), (422, "invalid_body")),
+    ] {
+        let (status, body) = hub.post("/v1/admin/quarantine/release", Some(ADMIN), &req).await;
+        assert_eq!((status, body["error"].as_str()), (code.0, Some(code.1)), "{req}: {body}");
+    }
     assert!(hub.stored().await.is_empty());
     hub.stop().await;
 }

@@ -30,6 +30,15 @@ impl JournalEvent {
     /// [`JournalEvent::verify`], answering the body's canonical JSON (what was hashed), so a caller that stores it
     /// does not encode it a second time.
     pub fn verify_canonical(&self, store: &str, till: &str, prev: (u64, &str)) -> Result<Vec<u8>, ChainError> {
+        let body = self.verify_link(store, till, prev)?;
+        self.check_body()?;
+        Ok(body)
+    }
+
+    /// The chain half of [`JournalEvent::verify`]: the entry follows `prev` and its hash matches its content. The
+    /// body's meaning is not looked at ([`JournalEvent::check_body`] does that), so an entry that passes is exactly
+    /// what the till journaled, whether or not this build understands its body. Answers the canonical JSON hashed.
+    pub fn verify_link(&self, store: &str, till: &str, prev: (u64, &str)) -> Result<Vec<u8>, ChainError> {
         let (prev_seq, prev_hash) = prev;
         if self.seq != prev_seq + 1 {
             return Err(ChainError::Gap { seq: self.seq, expected: prev_seq + 1 });
@@ -50,6 +59,12 @@ impl JournalEvent {
         if computed != self.hash {
             return Err(ChainError::BadHash { seq: self.seq });
         }
+        Ok(body)
+    }
+
+    /// The body half of [`JournalEvent::verify`]: the body is a valid event of its kind (as this build's schema
+    /// and rules say), and its `occurred_at` is the entry's.
+    pub fn check_body(&self) -> Result<(), ChainError> {
         let parsed = EventBody::from_stored(self.kind, self.body.clone())
             .and_then(|b| b.validate().map(|()| b))
             .map_err(|e| ChainError::BadBody { seq: self.seq, kind: self.kind.to_string(), detail: e.to_string() })?;
@@ -60,7 +75,7 @@ impl JournalEvent {
                 detail: "occurred_at differs from the body's".into(),
             });
         }
-        Ok(body)
+        Ok(())
     }
 }
 
@@ -114,6 +129,11 @@ pub struct UploadAck {
     pub acked_through: u64,
     /// The hash of entry `acked_through` as the hub holds it (the genesis hash when 0).
     pub last_hash: String,
+    /// Seqs of this batch that the hub stored but quarantined: their chain verifies, their body does not pass the
+    /// hub's checks. They are acknowledged like the rest (and never resent); head office sees them at
+    /// `GET /v1/admin/quarantine`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub quarantined: Vec<u64>,
 }
 
 /// A refused upload. `expected_seq` is set for a gap: resend from there.
@@ -168,4 +188,49 @@ pub struct EpochSnapshot {
     pub epoch: u64,
     pub cuts: std::collections::BTreeMap<String, u64>,
     pub doc: Option<String>,
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+    use crate::genesis_hash;
+
+    fn entry(body: Value) -> JournalEvent {
+        let prev = genesis_hash("S1", "T1");
+        let event_id = Uuid::from_u128(7);
+        let hash = event_hash(&ChainInput {
+            store: "S1",
+            till: "T1",
+            seq: 1,
+            event_id,
+            kind: EventKind::Sale,
+            body: &canonical_json(&body),
+            prev_hash: &prev,
+        });
+        let occurred_at = body["occurred_at"].as_str().unwrap_or_default().to_owned();
+        JournalEvent { seq: 1, event_id, kind: EventKind::Sale, occurred_at, body, prev_hash: prev, hash }
+    }
+
+    #[test]
+    fn the_chain_and_the_body_are_checked_apart() {
+        let good = json!({"occurred_at": "2026-11-26T14:05:00+01:00", "currency": "EUR",
+                          "lines": [{"sku": "A", "qty": 1, "unit_price_minor": 100}],
+                          "payments": [{"method": "card", "amount_minor": 100}]});
+        let prev = genesis_hash("S1", "T1");
+        assert!(entry(good.clone()).verify("S1", "T1", (0, &prev)).is_ok());
+
+        let mut unknown = good.clone();
+        unknown["loyalty_points"] = json!(4);
+        let e = entry(unknown);
+        assert_eq!(e.verify_link("S1", "T1", (0, &prev)).unwrap(), canonical_json(&e.body), "the chain holds");
+        assert!(matches!(e.check_body(), Err(ChainError::BadBody { seq: 1, .. })));
+        assert!(matches!(e.verify("S1", "T1", (0, &prev)), Err(ChainError::BadBody { .. })));
+
+        let mut tampered = entry(good);
+        tampered.body["currency"] = json!("USD");
+        assert!(matches!(tampered.verify_link("S1", "T1", (0, &prev)), Err(ChainError::BadHash { seq: 1 })));
+        assert!(tampered.check_body().is_ok(), "a valid body says nothing about the chain");
+    }
 }

@@ -15,8 +15,8 @@ use uuid::Uuid;
 use std::collections::BTreeMap;
 
 use super::{
-    CompactError, DocLoad, DocMeta, DocWrite, IngestError, NewEnrollment, NewMovement, RedeemError, Storage,
-    StorageError, TillId,
+    CompactError, DocLoad, DocMeta, DocWrite, IngestError, NewEnrollment, NewMovement, RedeemError, ReleaseOutcome,
+    Storage, StorageError, TillId,
 };
 
 const NOW: i64 = 1_800_000_000;
@@ -116,6 +116,7 @@ pub(crate) fn run_all<S: Storage>(mut fresh: impl FnMut() -> S) {
     documents_fold_into_snapshots(&fresh());
     compaction_cuts_and_base_come_from_the_journal(&fresh());
     failed_compaction_changes_nothing(&fresh());
+    unprocessable_events_are_quarantined_and_block_nothing(&fresh());
 }
 
 fn enrolment_codes_are_one_time_and_expire<S: Storage>(s: &S) {
@@ -559,4 +560,72 @@ fn failed_compaction_changes_nothing<S: Storage>(s: &S) {
     assert_eq!(s.epoch_record("S1").unwrap(), None);
     let meta = s.doc_load("S1", None).unwrap().meta();
     assert_eq!((meta.epoch, meta.version, meta.chunks), (0, 1, 1));
+}
+
+fn unprocessable_events_are_quarantined_and_block_nothing<S: Storage>(s: &S) {
+    let till = enroll(s, "S1", "T1", "code-1", "cred-1");
+    let first = chain(&till, 1, 0).remove(0); // a sale of SKU-1
+    // Chained and hashed by the till, but its payments do not cover its total: this hub's rules refuse the body.
+    let poison = signed(
+        &till,
+        (1, &first.hash),
+        EventKind::Sale,
+        json!({"occurred_at": "2026-11-26T14:06:00+01:00", "currency": "EUR",
+               "lines": [{"sku": "SKU-P", "qty": 2, "unit_price_minor": 100}],
+               "payments": [{"method": "card", "amount_minor": 150}]}),
+        0xc1,
+    );
+    let behind = signed(
+        &till,
+        (2, &poison.hash),
+        EventKind::Sale,
+        json!({"occurred_at": "2026-11-26T14:07:00+01:00", "currency": "EUR",
+               "lines": [{"sku": "SKU-1", "qty": 1, "unit_price_minor": 100}],
+               "payments": [{"method": "card", "amount_minor": 100}]}),
+        0xc2,
+    );
+    let batch = upload(journal(), &[first, poison, behind]);
+    let ack = s.append_batch(&till, &batch, NOW).unwrap();
+    assert_eq!((ack.acked_through, &ack.quarantined), (3, &vec![2]), "stored, acknowledged, quarantined");
+    let again = s.append_batch(&till, &batch, NOW).unwrap();
+    assert_eq!((again.acked_through, again.quarantined.len()), (3, 0), "a resend quarantines nothing twice");
+
+    let view = s.list_stores().unwrap()[0].tills[0].clone();
+    assert_eq!((view.hub_seq, view.quarantined, view.chain_ok), (3, 1, true));
+    let flags: Vec<bool> = s.list_events(None, 0, 10).unwrap().iter().map(|e| e.quarantined).collect();
+    assert_eq!(flags, [false, true, false]);
+    let held = s.list_quarantine(None, false, 0, 10).unwrap();
+    assert_eq!(held.len(), 1);
+    assert_eq!((held[0].event.seq, held[0].event.event_id, held[0].released_at), (2, Uuid::from_u128(0xc1), None));
+    assert!(held[0].reason.contains("seq 2"), "{}", held[0].reason);
+    assert!(s.list_quarantine(Some("S9"), true, 0, 10).unwrap().is_empty());
+    assert!(s.list_quarantine(None, false, held[0].event.hub_pos, 10).unwrap().is_empty(), "paged by hub_pos");
+
+    // Compaction cannot compute the poison's stock effect: the till's cut stops before it.
+    let rec = s.compact("S1", NOW, &mut |_| Ok(b"epoch-1".to_vec())).unwrap();
+    assert_eq!(rec.cuts, BTreeMap::from([("T1".to_owned(), 1)]));
+    assert_eq!(rec.base, BTreeMap::from([("SKU-1".to_owned(), -1)]));
+
+    assert_eq!(s.release_quarantined(&till, 3, NOW, &|_| Ok(())).unwrap(), ReleaseOutcome::NotQuarantined);
+    let refused = s.release_quarantined(&till, 2, NOW, &|_| Err("still bad".into())).unwrap();
+    assert_eq!(refused, ReleaseOutcome::StillInvalid("still bad".into()));
+    assert_eq!(s.list_quarantine(None, false, 0, 10).unwrap().len(), 1, "a refused release changes nothing");
+    let seen = std::cell::Cell::new(0);
+    let released = s
+        .release_quarantined(&till, 2, NOW + 2, &|e| {
+            seen.set(e.seq);
+            Ok(())
+        })
+        .unwrap();
+    assert_eq!((released, seen.get()), (ReleaseOutcome::Released, 2), "the check saw the stored event");
+    assert_eq!(s.release_quarantined(&till, 2, NOW, &|_| Ok(())).unwrap(), ReleaseOutcome::NotQuarantined);
+    assert!(s.list_quarantine(None, false, 0, 10).unwrap().is_empty());
+    let all = s.list_quarantine(None, true, 0, 10).unwrap();
+    assert_eq!((all.len(), all[0].released_at, all[0].event.quarantined), (1, Some(NOW + 2), false));
+    assert_eq!(s.list_stores().unwrap()[0].tills[0].quarantined, 0);
+
+    // Released, it counts again: the next cut passes it.
+    let rec = s.compact("S1", NOW + 3, &mut |_| Ok(b"epoch-2".to_vec())).unwrap();
+    assert_eq!(rec.cuts, BTreeMap::from([("T1".to_owned(), 3)]));
+    assert_eq!(rec.base, BTreeMap::from([("SKU-1".to_owned(), -2), ("SKU-P".to_owned(), -2)]));
 }

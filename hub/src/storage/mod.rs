@@ -62,6 +62,8 @@ pub struct TillView {
     pub last_error: Option<String>,
     pub enrolled: bool,
     pub revoked: bool,
+    /// Events of the till held in quarantine and not yet released.
+    pub quarantined: u64,
 }
 
 /// One store and its tills in the fleet view.
@@ -85,6 +87,30 @@ pub struct StoredEvent {
     /// The canonical JSON of the body.
     pub body: String,
     pub hash: String,
+    /// Held in quarantine, not released (see [`QuarantinedEvent`]).
+    pub quarantined: bool,
+}
+
+/// An event the hub stored in its till's chain but cannot process: the chain and hash verify, the body does not
+/// pass this hub's schema or rules (typically an agent newer than the hub). It is held out of compaction's stock
+/// base (and of delivery) until [`Storage::release_quarantined`] finds it valid, and it blocks nothing behind it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QuarantinedEvent {
+    pub event: StoredEvent,
+    /// Why the hub could not process it.
+    pub reason: String,
+    pub quarantined_at: i64,
+    pub released_at: Option<i64>,
+}
+
+/// What [`Storage::release_quarantined`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ReleaseOutcome {
+    Released,
+    /// No unreleased quarantined event at that store, till and seq.
+    NotQuarantined,
+    /// The check still refuses the event; it stays quarantined.
+    StillInvalid(String),
 }
 
 /// A failure of the storage backend itself.
@@ -304,6 +330,25 @@ pub trait Storage: Send + Sync + 'static {
 
     /// Events after `after` (a hub position; 0 = from the start) in hub order, optionally of one store.
     fn list_events(&self, store: Option<&str>, after: i64, limit: usize) -> Result<Vec<StoredEvent>, StorageError>;
+
+    /// Quarantined events in hub order, optionally of one store; released ones too when `include_released`.
+    fn list_quarantine(
+        &self,
+        store: Option<&str>,
+        include_released: bool,
+        after: i64,
+        limit: usize,
+    ) -> Result<Vec<QuarantinedEvent>, StorageError>;
+
+    /// Releases a quarantined event if `check` now accepts it (after the hub was upgraded to understand it), in
+    /// one transaction. A released event counts again for compaction's stock base.
+    fn release_quarantined(
+        &self,
+        till: &TillId,
+        seq: u64,
+        now: i64,
+        check: &dyn Fn(&StoredEvent) -> Result<(), String>,
+    ) -> Result<ReleaseOutcome, StorageError>;
 
     /// Counts one failed enrolment attempt from a client.
     fn record_failed_attempt(&self, client: &str, now: i64) -> Result<(), StorageError>;

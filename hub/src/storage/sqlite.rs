@@ -18,6 +18,8 @@
 //!   compaction), `sync_states` (`(store, till, epoch)` → `sync::State::encode()`), `hub_movements` (every
 //!   head-office stock movement, kept forever: every epoch base sums them) and `epochs` (the current epoch's record
 //!   per store: cuts, base, the journal part of the base, and the snapshot tills load).
+//! - `quarantine` (`(store, till, seq)` → why, when, released when): events stored in the chain whose body this
+//!   hub cannot process. The events table itself is never changed; quarantine is a side table.
 //! - Recovery: nothing to do beyond SQLite's own WAL recovery; all state is in the database.
 
 use std::collections::BTreeMap;
@@ -31,8 +33,8 @@ use storesync_shared::wire::{MAX_BATCH_EVENTS, TillState, UploadAck, UploadReque
 use uuid::Uuid;
 
 use super::{
-    CompactError, CompactionInput, DocLoad, DocMeta, DocWrite, EpochRecord, IngestError, NewEnrollment, RedeemError,
-    Storage, StorageError, StoreView, StoredEvent, TillId, TillView,
+    CompactError, CompactionInput, DocLoad, DocMeta, DocWrite, EpochRecord, IngestError, NewEnrollment,
+    QuarantinedEvent, RedeemError, ReleaseOutcome, Storage, StorageError, StoreView, StoredEvent, TillId, TillView,
 };
 
 const SCHEMA: &str = r#"
@@ -133,6 +135,15 @@ CREATE TABLE IF NOT EXISTS epochs (
     doc BLOB NOT NULL,
     created_at INTEGER NOT NULL,
     PRIMARY KEY (store, epoch)
+);
+CREATE TABLE IF NOT EXISTS quarantine (
+    store TEXT NOT NULL,
+    till TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    reason TEXT NOT NULL,
+    quarantined_at INTEGER NOT NULL,
+    released_at INTEGER,
+    PRIMARY KEY (store, till, seq)
 );
 "#;
 
@@ -280,7 +291,7 @@ fn ingest(
     {
         return Err(IngestError::JournalMismatch { recorded, sent: req.journal_id });
     }
-    let unchanged = UploadAck { acked_through: head.hub_seq, last_hash: head.last_hash.clone() };
+    let unchanged = UploadAck { acked_through: head.hub_seq, last_hash: head.last_hash.clone(), quarantined: vec![] };
     let (Some(first), Some(last)) = (req.events.first(), req.events.last()) else {
         return Ok(unchanged); // a heartbeat
     };
@@ -312,12 +323,22 @@ fn ingest(
         "INSERT INTO events (store, till, seq, event_id, kind, occurred_at, body, prev_hash, hash, received_at)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
     )?;
+    let mut quarantined = Vec::new();
     for e in fresh {
         let body = e
-            .verify_canonical(&till.store, &till.till, (prev_seq, prev_hash))
+            .verify_link(&till.store, &till.till, (prev_seq, prev_hash))
             .map_err(|err| IngestError::ChainBroken { seq: err.seq(), detail: err.to_string() })?;
         let body = String::from_utf8(body)
             .map_err(|_| IngestError::ChainBroken { seq: e.seq, detail: "body is not UTF-8".into() })?;
+        // The till journaled exactly this (the hash says so) but this hub cannot process it: store it in the
+        // chain so nothing behind it waits, and hold it in quarantine.
+        if let Err(bad) = e.check_body() {
+            conn.prepare_cached(
+                "INSERT INTO quarantine (store, till, seq, reason, quarantined_at) VALUES (?1, ?2, ?3, ?4, ?5)",
+            )?
+            .execute(params![till.store, till.till, to_i64(e.seq), bad.to_string(), now])?;
+            quarantined.push(e.seq);
+        }
         let res = insert.execute(params![
             till.store,
             till.till,
@@ -360,7 +381,25 @@ fn ingest(
     if changed != 1 {
         return Err(IngestError::Storage(StorageError::Conflict));
     }
-    Ok(UploadAck { acked_through: prev_seq, last_hash: prev_hash.to_owned() })
+    Ok(UploadAck { acked_through: prev_seq, last_hash: prev_hash.to_owned(), quarantined })
+}
+
+/// A [`StoredEvent`] from columns 0..=9: hub_pos, event_id, store, till, seq, kind, occurred_at, body, hash,
+/// quarantined.
+fn stored_event(r: &rusqlite::Row<'_>) -> rusqlite::Result<StoredEvent> {
+    let id: String = r.get(1)?;
+    Ok(StoredEvent {
+        hub_pos: r.get(0)?,
+        event_id: Uuid::parse_str(&id).unwrap_or_default(),
+        store: r.get(2)?,
+        till: r.get(3)?,
+        seq: to_u64(r.get(4)?),
+        kind: r.get(5)?,
+        occurred_at: r.get(6)?,
+        body: r.get(7)?,
+        hash: r.get(8)?,
+        quarantined: r.get(9)?,
+    })
 }
 
 /// Records what an upload said about the till (last seen, backlog, version) and how it went (`chain_ok`,
@@ -715,8 +754,10 @@ impl Storage for SqliteStorage {
         self.with_reader(|conn| {
             let mut stmt = conn.prepare_cached(
                 "SELECT store, till, last_seen, reported_seq, hub_seq, backlog, oldest_unsynced_age_s,
-                        agent_version, chain_ok, last_error, enrolled_at IS NOT NULL, revoked_at IS NOT NULL
-                 FROM tills ORDER BY store, till",
+                        agent_version, chain_ok, last_error, enrolled_at IS NOT NULL, revoked_at IS NOT NULL,
+                        (SELECT COUNT(*) FROM quarantine q
+                         WHERE q.store = t.store AND q.till = t.till AND q.released_at IS NULL)
+                 FROM tills t ORDER BY store, till",
             )?;
             let rows = stmt.query_map([], |r| {
                 Ok((
@@ -733,6 +774,7 @@ impl Storage for SqliteStorage {
                         last_error: r.get(9)?,
                         enrolled: r.get(10)?,
                         revoked: r.get(11)?,
+                        quarantined: to_u64(r.get(12)?),
                     },
                 ))
             })?;
@@ -751,26 +793,75 @@ impl Storage for SqliteStorage {
     fn list_events(&self, store: Option<&str>, after: i64, limit: usize) -> Result<Vec<StoredEvent>, StorageError> {
         self.with_reader(|conn| {
             let mut stmt = conn.prepare_cached(
-                "SELECT hub_pos, event_id, store, till, seq, kind, occurred_at, body, hash FROM events
-                 WHERE hub_pos > ?1 AND (?2 IS NULL OR store = ?2) ORDER BY hub_pos LIMIT ?3",
+                "SELECT hub_pos, event_id, store, till, seq, kind, occurred_at, body, hash,
+                        EXISTS (SELECT 1 FROM quarantine q WHERE q.store = events.store AND q.till = events.till
+                                AND q.seq = events.seq AND q.released_at IS NULL)
+                 FROM events WHERE hub_pos > ?1 AND (?2 IS NULL OR store = ?2) ORDER BY hub_pos LIMIT ?3",
             )?;
             let limit = i64::try_from(limit).unwrap_or(i64::MAX);
-            let rows = stmt.query_map(params![after, store, limit], |r| {
-                let id: String = r.get(1)?;
-                Ok(StoredEvent {
-                    hub_pos: r.get(0)?,
-                    event_id: Uuid::parse_str(&id).unwrap_or_default(),
-                    store: r.get(2)?,
-                    till: r.get(3)?,
-                    seq: to_u64(r.get(4)?),
-                    kind: r.get(5)?,
-                    occurred_at: r.get(6)?,
-                    body: r.get(7)?,
-                    hash: r.get(8)?,
+            let rows = stmt.query_map(params![after, store, limit], stored_event)?;
+            Ok(rows.collect::<Result<Vec<_>, _>>()?)
+        })
+    }
+
+    fn list_quarantine(
+        &self,
+        store: Option<&str>,
+        include_released: bool,
+        after: i64,
+        limit: usize,
+    ) -> Result<Vec<QuarantinedEvent>, StorageError> {
+        self.with_reader(|conn| {
+            let mut stmt = conn.prepare_cached(
+                "SELECT e.hub_pos, e.event_id, e.store, e.till, e.seq, e.kind, e.occurred_at, e.body, e.hash,
+                        q.released_at IS NULL, q.reason, q.quarantined_at, q.released_at
+                 FROM quarantine q JOIN events e ON e.store = q.store AND e.till = q.till AND e.seq = q.seq
+                 WHERE e.hub_pos > ?1 AND (?2 IS NULL OR q.store = ?2) AND (?3 OR q.released_at IS NULL)
+                 ORDER BY e.hub_pos LIMIT ?4",
+            )?;
+            let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+            let rows = stmt.query_map(params![after, store, include_released, limit], |r| {
+                Ok(QuarantinedEvent {
+                    event: stored_event(r)?,
+                    reason: r.get(10)?,
+                    quarantined_at: r.get(11)?,
+                    released_at: r.get(12)?,
                 })
             })?;
             Ok(rows.collect::<Result<Vec<_>, _>>()?)
         })
+    }
+
+    fn release_quarantined(
+        &self,
+        till: &TillId,
+        seq: u64,
+        now: i64,
+        check: &dyn Fn(&StoredEvent) -> Result<(), String>,
+    ) -> Result<ReleaseOutcome, StorageError> {
+        let mut conn = lock(&self.writer);
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let event = tx
+            .query_row(
+                "SELECT e.hub_pos, e.event_id, e.store, e.till, e.seq, e.kind, e.occurred_at, e.body, e.hash, 1
+                 FROM quarantine q JOIN events e ON e.store = q.store AND e.till = q.till AND e.seq = q.seq
+                 WHERE q.store = ?1 AND q.till = ?2 AND q.seq = ?3 AND q.released_at IS NULL",
+                params![till.store, till.till, to_i64(seq)],
+                stored_event,
+            )
+            .optional()?;
+        let Some(event) = event else {
+            return Ok(ReleaseOutcome::NotQuarantined);
+        };
+        if let Err(why) = check(&event) {
+            return Ok(ReleaseOutcome::StillInvalid(why));
+        }
+        tx.execute(
+            "UPDATE quarantine SET released_at = ?1 WHERE store = ?2 AND till = ?3 AND seq = ?4",
+            params![now, till.store, till.till, to_i64(seq)],
+        )?;
+        tx.commit()?;
+        Ok(ReleaseOutcome::Released)
     }
 
     fn record_failed_attempt(&self, client: &str, now: i64) -> Result<(), StorageError> {
@@ -908,7 +999,13 @@ impl Storage for SqliteStorage {
             _ => (BTreeMap::new(), BTreeMap::new()),
         };
         let cuts: BTreeMap<String, u64> = {
-            let mut stmt = tx.prepare_cached("SELECT till, hub_seq FROM tills WHERE store = ?1 ORDER BY till")?;
+            // A till's cut stops before its first unreleased quarantined event: the hub cannot compute that event's
+            // stock effect, the till can, and re-derives everything after its cut from its own journal.
+            let mut stmt = tx.prepare_cached(
+                "SELECT t.till, MIN(t.hub_seq, COALESCE((SELECT MIN(q.seq) - 1 FROM quarantine q
+                     WHERE q.store = t.store AND q.till = t.till AND q.released_at IS NULL), t.hub_seq))
+                 FROM tills t WHERE t.store = ?1 ORDER BY t.till",
+            )?;
             let rows = stmt.query_map(params![store], |r| Ok((r.get::<_, String>(0)?, to_u64(r.get(1)?))))?;
             rows.collect::<Result<_, _>>()?
         };

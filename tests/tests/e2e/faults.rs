@@ -14,7 +14,7 @@ use storesync_tests::sales::{SKUS, sale};
 use uuid::Uuid;
 
 use crate::util::{
-    TOKEN, check_exactly_once, client, enroll, hub_client, hub_on_hand, on_hand, sell, status, sync_now,
+    TOKEN, check_exactly_once, client, enroll, get_json, hub_client, hub_on_hand, on_hand, sell, status, sync_now,
     wait_for_events,
 };
 
@@ -659,4 +659,149 @@ async fn a_black_hole_link_loses_and_doubles_nothing() {
     }
     drop(proxy);
     hub.stop();
+}
+
+/// Poison events: a till running a newer build (a client signing its own chain, as that build would) uploads 400
+/// sales in batches of 25, two of which this hub cannot process: one carries a field its schema does not know, one
+/// breaks its payment rule. A real agent of the same store sells 100 sales at the same time. Every batch is
+/// acknowledged whole, both poison events are stored in their chain and quarantined where head office sees them,
+/// nothing behind them waits, and compaction stops that till's cut before the first of them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn poison_events_are_quarantined_and_block_nothing() {
+    let n = 400 * scale();
+    let poison = [n as u64 / 4, n as u64 * 3 / 4];
+    let root = tempfile::tempdir().unwrap();
+    let (hub, proxy, agents) = fleet(root.path(), &["T1"], "").await;
+    let h = hub_client(None);
+    let code = storesync_tests::proc::enroll_code(&root.path().join("hub"), "S1", "T9");
+    let enroll = serde_json::json!({"code": code, "agent_version": "storesync-agent/9.0.0"});
+    let enrolled: Value =
+        h.post(format!("{}/v1/enroll", hub.url)).json(&enroll).send().await.unwrap().json().await.unwrap();
+    let cred = enrolled["credential"].as_str().expect("a credential").to_owned();
+
+    let c = client();
+    let seller = tokio::spawn(crate::util::sell(c.clone(), agents[0].1.url.clone(), 100));
+    let journal_id = Uuid::new_v4();
+    let mut prev = storesync_shared::genesis_hash("S1", "T9");
+    let mut t9 = BTreeSet::new();
+    let mut quarantined_acks = Vec::new();
+    let mut batch = Vec::new();
+    for seq in 1..=n as u64 {
+        let event_id = Uuid::new_v4();
+        let mut body = sale(event_id, "NEW-1", 1);
+        body.as_object_mut().unwrap().remove("event_id");
+        if seq == poison[0] {
+            body["loyalty_points"] = serde_json::json!(40); // a field of the newer schema
+        } else if seq == poison[1] {
+            body["payments"][0]["amount_minor"] = serde_json::json!(1); // "pay the rest on account", say
+        }
+        let e = signed(("S1", "T9"), seq, &prev, event_id, body);
+        prev = e.hash.clone();
+        t9.insert(event_id);
+        batch.push(e);
+        if batch.len() == 25 || seq == n as u64 {
+            let req = storesync_shared::wire::UploadRequest {
+                journal_id,
+                agent_version: "storesync-agent/9.0.0".into(),
+                backlog: 0,
+                oldest_unsynced_age_s: 0,
+                last_seq: seq,
+                events: std::mem::take(&mut batch),
+            };
+            let res = h.post(format!("{}/v1/sync/upload", hub.url)).bearer_auth(&cred).json(&req).send().await.unwrap();
+            assert_eq!(res.status(), 200, "batch through seq {seq} was refused");
+            let ack: storesync_shared::wire::UploadAck = res.json().await.unwrap();
+            assert_eq!(ack.acked_through, seq, "the batch through {seq} was not acknowledged whole");
+            quarantined_acks.extend(ack.quarantined);
+        }
+    }
+    assert_eq!(quarantined_acks, poison, "the acknowledgements name the quarantined seqs");
+    let t1 = seller.await.unwrap();
+    sync_all(&c, agents.iter().map(|(_, a)| a), 1).await;
+
+    let total = n + 100;
+    let events = wait_for_events(&h, &hub.url, total, Duration::from_secs(60)).await;
+    let (lost, duplicated) = lost_and_duplicated(&events, t1.iter().chain(&t9));
+    let acked = BTreeMap::from([(("S1".to_owned(), "T1".to_owned()), t1), (("S1".to_owned(), "T9".to_owned()), t9)]);
+    check_exactly_once(&events, &acked);
+    let flagged: Vec<(u64, &str)> = events
+        .iter()
+        .filter(|e| e["quarantined"] == true)
+        .map(|e| (e["seq"].as_u64().unwrap(), e["till"].as_str().unwrap()))
+        .collect();
+    assert_eq!(flagged, [(poison[0], "T9"), (poison[1], "T9")], "the events feed flags exactly the poison");
+
+    // Head office sees them, with why.
+    let admin_get = |path: &str| get_json(&h, format!("{}{path}", hub.url), TOKEN);
+    let held = admin_get("/v1/admin/quarantine?store=S1").await;
+    let held = held["quarantined"].as_array().unwrap().clone();
+    let seqs: Vec<u64> = held.iter().map(|q| q["seq"].as_u64().unwrap()).collect();
+    assert_eq!(seqs, poison);
+    assert!(held[0]["reason"].as_str().unwrap().contains("loyalty_points"), "{}", held[0]);
+    assert!(held[1]["reason"].as_str().unwrap().contains("payments"), "{}", held[1]);
+    let stores = admin_get("/v1/admin/stores").await;
+    let t9_view = stores["stores"][0]["tills"].as_array().unwrap().iter().find(|t| t["till"] == "T9").unwrap().clone();
+    assert_eq!((t9_view["quarantined"].as_u64(), &t9_view["chain_ok"]), (Some(2), &Value::Bool(true)), "{t9_view}");
+
+    // This hub still cannot process them: a release is refused and changes nothing.
+    let res = h
+        .post(format!("{}/v1/admin/quarantine/release", hub.url))
+        .bearer_auth(TOKEN)
+        .json(&serde_json::json!({"store": "S1", "till": "T9", "seq": poison[0]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 409);
+    assert_eq!(admin_get("/v1/admin/quarantine").await["quarantined"].as_array().unwrap().len(), 2);
+
+    // Compaction counts T9's sales only up to its first poison event; T1 is unaffected.
+    let res = h.post(format!("{}/v1/admin/stores/S1/compact", hub.url)).bearer_auth(TOKEN).send().await.unwrap();
+    assert_eq!(res.status(), 200, "{}", res.text().await.unwrap());
+    let snapshot = get_json(&h, format!("{}/v1/sync/snapshot", hub.url), &cred).await;
+    assert_eq!(snapshot["cuts"]["T9"].as_u64(), Some(poison[0] - 1), "{}", snapshot["cuts"]);
+    assert_eq!(snapshot["cuts"]["T1"].as_u64(), Some(100), "{}", snapshot["cuts"]);
+    assert_eq!(hub_on_hand(&h, &hub.url, TOKEN, "S1", "NEW-1").await, -(poison[0] as i64 - 1));
+    sync_all(&c, agents.iter().map(|(_, a)| a), 2).await;
+    for sku in SKUS {
+        assert_eq!(on_hand(&c, &agents[0].1.url, sku).await, hub_on_hand(&h, &hub.url, TOKEN, "S1", sku).await);
+    }
+    println!(
+        "RELIABILITY | poison events (2 of {n} sales from a newer till unprocessable by the hub; a real till sells \
+         100 alongside) | 1 | {total} events, {} quarantined | {lost} | {duplicated} | 0 |",
+        held.len()
+    );
+    for (_, a) in agents {
+        a.stop();
+    }
+    drop(proxy);
+    hub.stop();
+}
+
+/// A journal entry of `till` at `seq` after `prev`, hashed as every till hashes it.
+fn signed(
+    till: (&str, &str),
+    seq: u64,
+    prev: &str,
+    event_id: Uuid,
+    body: Value,
+) -> storesync_shared::wire::JournalEvent {
+    let kind = storesync_shared::EventKind::Sale;
+    let hash = storesync_shared::canonical::event_hash(&storesync_shared::canonical::ChainInput {
+        store: till.0,
+        till: till.1,
+        seq,
+        event_id,
+        kind,
+        body: &storesync_shared::canonical_json(&body),
+        prev_hash: prev,
+    });
+    storesync_shared::wire::JournalEvent {
+        seq,
+        event_id,
+        kind,
+        occurred_at: body["occurred_at"].as_str().unwrap().to_owned(),
+        body,
+        prev_hash: prev.to_owned(),
+        hash,
+    }
 }

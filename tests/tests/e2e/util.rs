@@ -174,16 +174,13 @@ pub(crate) async fn sync_now(c: &reqwest::Client, url: &str) -> Value {
     r.json().await.unwrap()
 }
 
+/// `GET url` with a bearer token; answers the JSON body.
+pub(crate) async fn get_json(c: &reqwest::Client, url: String, token: &str) -> Value {
+    c.get(url).bearer_auth(token).send().await.unwrap().json().await.unwrap()
+}
+
 /// The hub's stock of `sku` in `store`.
 pub(crate) async fn hub_on_hand(c: &reqwest::Client, hub: &str, token: &str, store: &str, sku: &str) -> i64 {
-    let v: Value = c
-        .get(format!("{hub}/v1/admin/stores/{store}/stock/{sku}"))
-        .bearer_auth(token)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let v = get_json(c, format!("{hub}/v1/admin/stores/{store}/stock/{sku}"), token).await;
     v["on_hand"].as_i64().unwrap_or_else(|| panic!("{v}"))
 }
