@@ -44,26 +44,66 @@ pub struct Config {
     pub sync: crate::sync::SyncConfig,
 }
 
-/// Platform directories for a user-mode agent.
-pub fn project_dirs() -> Option<directories::ProjectDirs> {
-    directories::ProjectDirs::from("", "", "storesync")
+/// Where the agent's files live: a user running it by hand, or the operating system's service manager.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// Per-user directories from the `directories` crate (XDG on Linux, `%APPDATA%` on Windows).
+    User,
+    /// System directories: `/etc/storesync` and `/var/lib/storesync-agent` (or systemd's `$STATE_DIRECTORY`) on
+    /// Unix, `%ProgramData%\storesync` on Windows.
+    Service,
 }
 
-/// The default `agent.toml` path.
-pub fn default_config_file() -> Option<PathBuf> {
-    project_dirs().map(|d| d.config_dir().join("agent.toml"))
+/// The default config file and data dir of a mode (what `storesync-agent paths` prints).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Paths {
+    pub mode: Mode,
+    pub config_file: Option<PathBuf>,
+    pub data_dir: PathBuf,
 }
 
-/// The default data dir for a user-mode agent.
-pub fn default_data_dir() -> PathBuf {
-    project_dirs().map(|d| d.data_dir().to_path_buf()).unwrap_or_else(|| PathBuf::from("storesync-data"))
+impl Paths {
+    pub fn of(mode: Mode) -> Paths {
+        match mode {
+            Mode::User => {
+                let dirs = directories::ProjectDirs::from("", "", "storesync");
+                Paths {
+                    mode,
+                    config_file: dirs.as_ref().map(|d| d.config_dir().join("agent.toml")),
+                    data_dir: dirs
+                        .map(|d| d.data_dir().to_path_buf())
+                        .unwrap_or_else(|| PathBuf::from("storesync-data")),
+                }
+            }
+            Mode::Service => service_paths(),
+        }
+    }
+}
+
+#[cfg(windows)]
+fn service_paths() -> Paths {
+    let base = std::env::var_os("ProgramData")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(r"C:\ProgramData"))
+        .join("storesync");
+    Paths { mode: Mode::Service, config_file: Some(base.join("agent.toml")), data_dir: base.join("data") }
+}
+
+#[cfg(not(windows))]
+fn service_paths() -> Paths {
+    // systemd's StateDirectory= sets $STATE_DIRECTORY; the unit names /var/lib/storesync-agent.
+    let data_dir = std::env::var_os("STATE_DIRECTORY")
+        .filter(|v| !v.is_empty())
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/var/lib/storesync-agent"));
+    Paths { mode: Mode::Service, config_file: Some(PathBuf::from("/etc/storesync/agent.toml")), data_dir }
 }
 
 /// Reads `agent.toml`. A file named explicitly must exist; the default one may be absent.
-pub fn load_file(explicit: Option<&Path>) -> anyhow::Result<FileConfig> {
+pub fn load_file(explicit: Option<&Path>, mode: Mode) -> anyhow::Result<FileConfig> {
     let (path, must_exist) = match explicit {
         Some(p) => (p.to_path_buf(), true),
-        None => match default_config_file() {
+        None => match Paths::of(mode).config_file {
             Some(p) => (p, false),
             None => return Ok(FileConfig::default()),
         },
@@ -85,7 +125,7 @@ pub struct Overrides {
 }
 
 impl Config {
-    pub fn resolve(file: FileConfig, o: Overrides) -> anyhow::Result<Config> {
+    pub fn resolve(file: FileConfig, o: Overrides, mode: Mode) -> anyhow::Result<Config> {
         let listen_text = o.listen.or(file.listen).unwrap_or_else(|| DEFAULT_LISTEN.to_owned());
         let listen: SocketAddr = listen_text
             .parse()
@@ -105,7 +145,7 @@ impl Config {
             sync.request_timeout = std::time::Duration::from_secs(s);
         }
         Ok(Config {
-            data_dir: o.data_dir.or(file.data_dir).unwrap_or_else(default_data_dir),
+            data_dir: o.data_dir.or(file.data_dir).unwrap_or_else(|| Paths::of(mode).data_dir),
             listen,
             store_id: o.store_id.or(file.store_id),
             till_id: o.till_id.or(file.till_id),

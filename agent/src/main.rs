@@ -6,7 +6,7 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use storesync_agent::config::{self, Config, LogFormat, Overrides};
+use storesync_agent::config::{self, Config, LogFormat, Mode, Overrides, Paths};
 use storesync_agent::journal::{self, DB_FILE};
 use tokio_util::sync::CancellationToken;
 
@@ -26,8 +26,26 @@ struct Cli {
     /// Log format on stderr.
     #[arg(long, global = true, env = "STORESYNC_LOG_FORMAT", value_enum)]
     log_format: Option<LogFormat>,
+    /// Use the service's system directories instead of the user's (the systemd unit and the Windows service set
+    /// this; pass it to `status`, `verify-journal` or `enroll` to act on the service's agent).
+    #[arg(long, global = true, env = "STORESYNC_SERVICE")]
+    service: bool,
     #[command(subcommand)]
     command: Command,
+}
+
+#[derive(Subcommand, Clone, Copy)]
+enum ServiceAction {
+    /// Register the service (automatic start, restart on failure) to run this executable.
+    Install,
+    /// Stop the service if it runs, and remove it. The data dir is kept.
+    Uninstall,
+    /// Start the installed service.
+    Start,
+    /// Stop the service: it drains in-flight requests and commits, as on ctrl-c.
+    Stop,
+    /// The service's entry point, called by the service control manager.
+    Run,
 }
 
 #[derive(Subcommand)]
@@ -73,6 +91,13 @@ enum Command {
     },
     /// Recompute the whole hash chain; exit non-zero naming the first bad seq.
     VerifyJournal,
+    /// Print the config file and data dir this agent uses (`--service`: the service's).
+    Paths,
+    /// Manage the Windows service (Windows only; on Linux the systemd unit in installers/linux runs `run`).
+    Service {
+        #[command(subcommand)]
+        action: ServiceAction,
+    },
     /// Write the journal to stdout.
     Export {
         #[arg(long, value_enum, default_value = "jsonl")]
@@ -111,7 +136,9 @@ fn main() -> ExitCode {
 }
 
 fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
-    let file = config::load_file(cli.config.as_deref())?;
+    let service_run = matches!(cli.command, Command::Service { action: ServiceAction::Run });
+    let mode = if cli.service || service_run { Mode::Service } else { Mode::User };
+    let file = config::load_file(cli.config.as_deref(), mode)?;
     let log_format = match (cli.log_format, file.log_format.as_deref()) {
         (Some(f), _) => f,
         (None, Some("json")) => LogFormat::Json,
@@ -127,7 +154,7 @@ fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
             overrides.listen = listen;
             overrides.store_id = store_id;
             overrides.till_id = till_id;
-            let config = Config::resolve(file, overrides)?;
+            let config = Config::resolve(file, overrides, mode)?;
             let rt = tokio::runtime::Runtime::new().context("starting the tokio runtime")?;
             rt.block_on(async {
                 let shutdown = CancellationToken::new();
@@ -141,7 +168,7 @@ fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Enroll { hub, code, ca_cert } => {
-            let config = Config::resolve(file, overrides)?;
+            let config = Config::resolve(file, overrides, mode)?;
             let rt = tokio::runtime::Runtime::new().context("starting the tokio runtime")?;
             let cred =
                 rt.block_on(storesync_agent::credential::enroll(&config.data_dir, &hub, &code, ca_cert.as_deref()))?;
@@ -150,7 +177,7 @@ fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::SyncNow { listen, wait_s } => {
             overrides.listen = listen;
-            let config = Config::resolve(file, overrides)?;
+            let config = Config::resolve(file, overrides, mode)?;
             let rt = tokio::runtime::Runtime::new().context("starting the tokio runtime")?;
             let v: serde_json::Value = rt.block_on(async {
                 let url = format!("http://{}/v1/sync/now?wait_s={wait_s}", config.listen);
@@ -175,7 +202,7 @@ fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(if ok { ExitCode::SUCCESS } else { ExitCode::FAILURE })
         }
         Command::Status { json } => {
-            let config = Config::resolve(file, overrides)?;
+            let config = Config::resolve(file, overrides, mode)?;
             let (conn, _) = journal::open_read_only(&config.data_dir.join(DB_FILE))?;
             let s = journal::journal_status(&conn)?;
             if json {
@@ -195,7 +222,7 @@ fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::VerifyJournal => {
-            let config = Config::resolve(file, overrides)?;
+            let config = Config::resolve(file, overrides, mode)?;
             let (conn, _) = journal::open_read_only(&config.data_dir.join(DB_FILE))?;
             match journal::verify_chain(&conn) {
                 Ok(v) => {
@@ -212,8 +239,35 @@ fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
                 Err(e) => Err(e.into()),
             }
         }
+        Command::Paths => {
+            let paths = Paths::of(mode);
+            let config = Config::resolve(file, overrides, mode)?;
+            let mode = match mode {
+                Mode::User => "user",
+                Mode::Service => "service",
+            };
+            println!("mode: {mode}");
+            match (&cli.config, &paths.config_file) {
+                (Some(p), _) | (None, Some(p)) => println!("config: {}", p.display()),
+                (None, None) => println!("config: (none: no home directory)"),
+            }
+            println!("data dir: {}", config.data_dir.display());
+            println!("journal: {}", config.data_dir.join(DB_FILE).display());
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Service { action } => {
+            let config = Config::resolve(file, overrides, mode)?;
+            match action {
+                ServiceAction::Install => storesync_agent::service::install(cli.config.as_deref())?,
+                ServiceAction::Uninstall => storesync_agent::service::uninstall()?,
+                ServiceAction::Start => storesync_agent::service::start()?,
+                ServiceAction::Stop => storesync_agent::service::stop()?,
+                ServiceAction::Run => storesync_agent::service::run_as_service(config)?,
+            }
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Export { format: ExportFormat::Jsonl } => {
-            let config = Config::resolve(file, overrides)?;
+            let config = Config::resolve(file, overrides, mode)?;
             let (conn, _) = journal::open_read_only(&config.data_dir.join(DB_FILE))?;
             let stdout = std::io::stdout();
             let mut out = std::io::BufWriter::new(stdout.lock());

@@ -7,4 +7,6 @@ mod agent_journal;
 mod converge;
 mod faults;
 mod outage;
+mod packages;
 mod util;
+mod windows;
