@@ -6,10 +6,10 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 out=target/windows
 bash .ci/windows/setup.sh "$out" >/dev/null
-# Its own target dir, so the two toolchains never rebuild each other's artifacts. Optimised a little and without
+# Its own target dir, so the two toolchains never rebuild each other's artifacts. Unoptimised and without
 # debug info: this build is for the Wine smoke test, and a full release build takes several minutes longer here.
 PATH=/usr/bin:$PATH RUSTC_BOOTSTRAP=1 CARGO_TARGET_DIR=target/windows-build \
-  CARGO_PROFILE_RELEASE_DEBUG=0 CARGO_PROFILE_RELEASE_OPT_LEVEL=1 CARGO_PROFILE_RELEASE_CODEGEN_UNITS=16 \
+  CARGO_PROFILE_RELEASE_DEBUG=0 CARGO_PROFILE_RELEASE_OPT_LEVEL=0 CARGO_PROFILE_RELEASE_CODEGEN_UNITS=16 \
   cargo build --release -Zbuild-std=std,panic_abort --target x86_64-pc-windows-gnu -p storesync-agent
 cp target/windows-build/x86_64-pc-windows-gnu/release/storesync-agent.exe "$out/"
 echo "built $out/storesync-agent.exe"
