@@ -110,18 +110,43 @@ enum ExportFormat {
     Jsonl,
 }
 
-fn init_tracing(format: LogFormat) {
+/// Log files kept in `<data-dir>/logs` when running as a Windows service (one a day).
+const SERVICE_LOG_FILES: usize = 14;
+
+/// Logs to stderr, or, with `log_dir` (a Windows service has no stderr anyone reads; systemd's journal takes the
+/// Linux service's stderr), to a daily file in it, keeping the last [`SERVICE_LOG_FILES`].
+fn init_tracing(format: LogFormat, log_dir: Option<&std::path::Path>) -> anyhow::Result<()> {
     let filter = tracing_subscriber::EnvFilter::try_from_env("STORESYNC_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     // `log_internal_errors(false)`: when the log cannot be written (its disk is full), tracing-subscriber would
     // otherwise report that with `eprintln!`, which panics on the same full disk, in whatever thread was logging
     // (the journal writer, found by the disk-full fault test). A lost log line must never take a writer down.
-    let builder =
-        tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).log_internal_errors(false);
-    match format {
-        LogFormat::Json => builder.json().init(),
-        LogFormat::Human => builder.init(),
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).log_internal_errors(false);
+    match log_dir {
+        None => {
+            let builder = builder.with_writer(std::io::stderr);
+            match format {
+                LogFormat::Json => builder.json().init(),
+                LogFormat::Human => builder.init(),
+            }
+        }
+        Some(dir) => {
+            std::fs::create_dir_all(dir).with_context(|| format!("creating the log dir {}", dir.display()))?;
+            let files = tracing_appender::rolling::RollingFileAppender::builder()
+                .rotation(tracing_appender::rolling::Rotation::DAILY)
+                .filename_prefix("agent")
+                .filename_suffix("log")
+                .max_log_files(SERVICE_LOG_FILES)
+                .build(dir)
+                .with_context(|| format!("opening a log file in {}", dir.display()))?;
+            let builder = builder.with_writer(files).with_ansi(false);
+            match format {
+                LogFormat::Json => builder.json().init(),
+                LogFormat::Human => builder.init(),
+            }
+        }
     }
+    Ok(())
 }
 
 fn main() -> ExitCode {
@@ -147,7 +172,10 @@ fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
             anyhow::bail!("log_format {other:?} in agent.toml must be \"human\" or \"json\"")
         }
     };
-    init_tracing(log_format);
+    let log_dir = (service_run && cfg!(windows)).then(|| {
+        cli.data_dir.clone().or_else(|| file.data_dir.clone()).unwrap_or_else(|| Paths::of(mode).data_dir).join("logs")
+    });
+    init_tracing(log_format, log_dir.as_deref())?;
     let mut overrides = Overrides { data_dir: cli.data_dir, ..Overrides::default() };
     match cli.command {
         Command::Run { listen, store_id, till_id } => {

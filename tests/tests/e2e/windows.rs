@@ -203,6 +203,14 @@ async fn the_windows_agent_sells_and_runs_as_a_service_under_wine() {
     assert_eq!(log.matches("service storesync-agent installed").count(), 1, "{log}");
     assert_eq!(log.matches("service storesync-agent removed").count(), 2, "{log}");
 
+    // A service has no console: it logged to daily files in its data dir, a clean stop included.
+    let logs: String = std::fs::read_dir(data.join("logs"))
+        .expect("the service's log dir")
+        .map(|e| std::fs::read_to_string(e.unwrap().path()).unwrap())
+        .collect();
+    assert!(logs.contains("POS API listening") && logs.contains("service stop requested"), "{logs}");
+    assert_eq!(logs.matches("agent stopped").count(), 3, "each of the 3 service stops drained and committed:\n{logs}");
+
     // The Linux agent verifies the journal the Windows agent wrote: 50 sales, chain intact.
     let out = agent_cli(&data, &["verify-journal"]);
     let stdout = String::from_utf8_lossy(&out.stdout);
