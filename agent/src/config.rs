@@ -24,6 +24,9 @@ pub struct FileConfig {
     /// How long one request to the hub may take, in seconds (1–600, default 30): a hung connection is given up
     /// after this long, and the request retried.
     pub hub_request_timeout_s: Option<u64>,
+    /// How long a stop waits for POS requests in flight, in seconds (1–300, default 10); then the journal commits
+    /// what it holds and the agent exits without them (they were never answered, so nothing acknowledged is lost).
+    pub shutdown_deadline_s: Option<u64>,
 }
 
 /// How logs are written.
@@ -42,7 +45,12 @@ pub struct Config {
     pub till_id: Option<String>,
     pub upload_batch_events: usize,
     pub sync: crate::sync::SyncConfig,
+    /// See [`FileConfig::shutdown_deadline_s`].
+    pub shutdown_deadline: std::time::Duration,
 }
+
+/// The default [`Config::shutdown_deadline`].
+pub const DEFAULT_SHUTDOWN_DEADLINE: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// Where the agent's files live: a user running it by hand, or the operating system's service manager.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -144,7 +152,13 @@ impl Config {
             }
             sync.request_timeout = std::time::Duration::from_secs(s);
         }
+        let shutdown_deadline = match file.shutdown_deadline_s {
+            None => DEFAULT_SHUTDOWN_DEADLINE,
+            Some(s) if (1..=300).contains(&s) => std::time::Duration::from_secs(s),
+            Some(_) => bail!("shutdown_deadline_s must be between 1 and 300"),
+        };
         Ok(Config {
+            shutdown_deadline,
             data_dir: o.data_dir.or(file.data_dir).unwrap_or_else(|| Paths::of(mode).data_dir),
             listen,
             store_id: o.store_id.or(file.store_id),
@@ -163,6 +177,7 @@ impl Config {
             till_id: None,
             upload_batch_events: storesync_shared::wire::MAX_BATCH_EVENTS,
             sync: crate::sync::SyncConfig::default(),
+            shutdown_deadline: DEFAULT_SHUTDOWN_DEADLINE,
         }
     }
 }

@@ -69,7 +69,8 @@ impl AgentState {
 }
 
 /// Runs the agent until `shutdown` is cancelled: SIGTERM, ctrl-c and a service stop all cancel the same token.
-/// In-flight requests are drained, then the journal writer commits what it holds and stops.
+/// In-flight requests are drained for up to `config.shutdown_deadline`, then the journal writer commits what it
+/// holds and stops.
 pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
     // An enrolled till takes its identity from its credential; flags and config only name it before enrolment.
     let cred = credential::load(&config.data_dir)?;
@@ -114,8 +115,22 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     // Tests and supervisors read the bound address from this line.
     println!("listening on http://{addr}");
     let app = api::router(state.clone());
-    let serve = axum::serve(listener, app).with_graceful_shutdown(shutdown.clone().cancelled_owned());
-    let result = serve.await.context("serving the POS API");
+    let serve = axum::serve(listener, app).with_graceful_shutdown(shutdown.clone().cancelled_owned()).into_future();
+    let deadline = async {
+        shutdown.cancelled().await;
+        tokio::time::sleep(config.shutdown_deadline).await;
+    };
+    let result = tokio::select! {
+        served = serve => served.context("serving the POS API"),
+        () = deadline => {
+            // Requests still in flight were never answered. The journal commits what it was sent and refuses the
+            // rest, so nothing acknowledged is lost; their connections end with the process.
+            tracing::warn!(deadline_s = config.shutdown_deadline.as_secs(),
+                           "POS requests still in flight at the stop deadline: stopping without them");
+            state.journal.close().await;
+            Ok(())
+        }
+    };
     // The server has drained; make sure every background task stops too, then let go of the journal.
     shutdown.cancel();
     tasks.close();

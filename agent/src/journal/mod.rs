@@ -142,6 +142,9 @@ pub(crate) enum Command {
         reply: oneshot::Sender<Result<(), AppendError>>,
     },
     Doc(doc::DocCommand),
+    /// Commit what is queued before this, answer everything after it `503`, and stop, even while handles live
+    /// (the stop deadline: requests still in flight then were never answered, so nothing acknowledged is lost).
+    Close,
 }
 
 /// Handle to an open journal. Cheap to clone.
@@ -266,6 +269,12 @@ impl Journal {
         self.docs.read().map(|d| d.epoch).unwrap_or(0)
     }
 
+    /// Makes the writer commit what it was sent before this and stop (see [`Command::Close`]); later writes get
+    /// [`AppendError::Unavailable`].
+    pub async fn close(&self) {
+        let _ = self.tx.send(Command::Close).await;
+    }
+
     /// Records that the hub has acknowledged every entry up to `through` (whose hash is `hash`).
     pub async fn mark_synced(&self, through: u64, hash: String) -> Result<(), AppendError> {
         self.send(|reply| Command::MarkSynced { through, hash, reply }).await?
@@ -309,6 +318,30 @@ mod tests {
         let n = conn.query_row("SELECT count(*) FROM doc_changes", [], |r| r.get(0)).expect("count");
         let through = conn.query_row("SELECT value FROM meta WHERE key = 'doc_through'", [], |r| r.get(0)).ok();
         (n, through)
+    }
+
+    /// A close commits what came before it and refuses what comes after, while handles still live.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn close_commits_what_came_before_and_refuses_the_rest() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (j, writer) = open(dir.path());
+        let (a, b) = (sale("A", 1), sale("B", 1));
+        let (first, second) = tokio::join!(j.append(a.0, a.1), j.append(b.0, b.1));
+        first.expect("before the close");
+        second.expect("before the close");
+        j.close().await;
+        let (id, body) = sale("C", 1);
+        assert!(matches!(j.append(id, body).await, Err(AppendError::Unavailable(_))), "refused after the close");
+        tokio::task::spawn_blocking(move || writer.join())
+            .await
+            .expect("join")
+            .expect("writer ends with handles alive");
+        drop(j);
+        let reopened = open(dir.path());
+        let conn = rusqlite::Connection::open(dir.path().join(DB_FILE)).expect("open db");
+        let n: i64 = conn.query_row("SELECT count(*) FROM journal", [], |r| r.get(0)).expect("count");
+        assert_eq!(n, 2);
+        close(reopened);
     }
 
     /// Stock movements reach readers at once, survive a restart before they are folded into the document, are

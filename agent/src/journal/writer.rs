@@ -195,10 +195,15 @@ impl Writer {
     /// Runs until every sender is dropped and the queue is drained.
     pub(super) fn run(mut self, mut rx: mpsc::Receiver<Command>) {
         let mut group = Vec::with_capacity(MAX_GROUP);
+        let mut closing = false;
         while let Some(first) = rx.blocking_recv() {
-            group.push(first);
-            while group.len() < MAX_GROUP {
+            closing = matches!(first, Command::Close);
+            if !closing {
+                group.push(first);
+            }
+            while group.len() < MAX_GROUP && !closing {
                 match rx.try_recv() {
+                    Ok(Command::Close) => closing = true,
                     Ok(c) => group.push(c),
                     Err(_) => break,
                 }
@@ -240,6 +245,20 @@ impl Writer {
                 && let Err(e) = self.fold()
             {
                 tracing::error!(error = %e, "folding stock movements into the store document");
+            }
+            if closing {
+                break;
+            }
+        }
+        if closing {
+            // Everything sent after the close is refused, never half-done.
+            rx.close();
+            let stopping = AppendError::Unavailable("the agent is stopping".into());
+            while let Some(c) = rx.blocking_recv() {
+                match c {
+                    Command::Doc(d) => d.fail(stopping.clone()),
+                    other => Reply::fail_cmd(other, &stopping),
+                }
             }
         }
         tracing::debug!("journal writer stopped");
@@ -354,7 +373,7 @@ impl Writer {
                     }
                 }
                 // Never grouped (see `run`).
-                Command::Doc(_) => {}
+                Command::Doc(_) | Command::Close => {}
             }
         }
         if let Err(e) = outcome {
@@ -604,8 +623,9 @@ impl Reply {
         match cmd {
             Command::Append { reply, .. } => drop(reply.send(Err(e.clone()))),
             Command::MarkSynced { reply, .. } => drop(reply.send(Err(e.clone()))),
-            // Document commands never enter a group (see `run`); dropping one answers its caller with an error.
-            Command::Doc(_) => {}
+            // Document commands and closes never enter a group (see `run`); dropping one answers its caller with
+            // an error.
+            Command::Doc(_) | Command::Close => {}
         }
     }
 }

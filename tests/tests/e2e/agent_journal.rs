@@ -260,3 +260,46 @@ async fn tampering_is_detected_and_names_the_seq() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("journal_no_delete"));
 }
+
+/// A stop with a POS request stuck in flight (a client that sent half a body and went quiet) still ends, after
+/// `shutdown_deadline_s`, with exit 0: the journal commits what it holds, nothing answered is lost, and the
+/// unanswered request was never journaled.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stop_ends_at_its_deadline_with_a_request_stuck_in_flight() {
+    use tokio::io::AsyncWriteExt;
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("agent.toml");
+    std::fs::write(&config, "shutdown_deadline_s = 1\n").unwrap();
+    let agent = storesync_tests::proc::start_agent_with(dir.path(), Some(("S1", "T1")), Some(&config));
+    let c = client();
+    let mut sold = Vec::new();
+    for sku in SKUS {
+        let id = Uuid::new_v4();
+        let r = c.post(format!("{}/v1/sales", agent.url)).json(&sale(id, sku, 1)).send().await.unwrap();
+        assert_eq!(r.status(), 201);
+        sold.push(id);
+    }
+    let addr = agent.url.trim_start_matches("http://").to_owned();
+    let mut stuck = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    // One whole request first, so the connection is surely being served; then half of the next one.
+    stuck.write_all(b"GET /v1/status HTTP/1.1\r\nHost: till\r\n\r\n").await.unwrap();
+    let mut buf = [0u8; 4096];
+    let n = tokio::io::AsyncReadExt::read(&mut stuck, &mut buf).await.unwrap();
+    assert!(buf[..n].starts_with(b"HTTP/1.1 200"), "{}", String::from_utf8_lossy(&buf[..n]));
+    let head = "POST /v1/sales HTTP/1.1\r\nHost: till\r\nContent-Type: application/json\r\nContent-Length: 400\r\n\r\n";
+    stuck.write_all(format!("{head}{{\"currency\":").as_bytes()).await.unwrap();
+    // Give the agent a moment to read that head (not a timing assertion: it only makes the stop meet it).
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    let log = agent.log.clone();
+    tokio::task::spawn_blocking(move || agent.stop()).await.unwrap(); // SIGTERM; panics unless it exits 0
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(text.contains("stopping without them"), "the deadline was not what ended the stop:\n{text}");
+    drop(stuck);
+
+    let agent = start_agent(dir.path(), "S1", "T1");
+    let ids: Vec<Uuid> = journal(&c, &agent.url).await.iter().map(|e| e.event_id).collect();
+    assert_eq!(ids, sold, "every answered sale, and nothing else");
+    agent.stop();
+    let out = agent_cli(dir.path(), &["verify-journal"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+}
