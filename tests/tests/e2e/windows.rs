@@ -61,6 +61,20 @@ async fn wait_until(c: &reqwest::Client, url: &str, want: bool, what: &str, log:
     }
 }
 
+/// Waits until the Wine session's output has `MARK <mark>`.
+async fn wait_mark(log: &Path, mark: &str) {
+    let start = Instant::now();
+    let want = format!("MARK {mark}");
+    loop {
+        let text = std::fs::read_to_string(log).unwrap_or_default();
+        if text.contains(&want) {
+            return;
+        }
+        assert!(start.elapsed() < Duration::from_secs(180), "no {want} after 180 s; log:\n{text}");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+}
+
 async fn sell(c: &reqwest::Client, url: &str, n: usize) -> Vec<Uuid> {
     let mut ids = Vec::new();
     for _ in 0..n {
@@ -135,18 +149,20 @@ async fn the_windows_agent_sells_and_runs_as_a_service_under_wine() {
         wait_for(1),
         "net stop storesync-agent".into(),
         "echo MARK stopped-by-net-stop".into(),
-        format!("{agent} service start"),
         wait_for(2),
+        format!("{agent} service start"),
+        wait_for(3),
         format!("{agent} service stop"),
         ":stopping".into(),
         "sc query storesync-agent | find \"STOPPED\" >NUL".into(),
         "if errorlevel 1 (ping -n 2 127.0.0.1 >NUL & goto stopping)".into(),
         "echo MARK stopped-by-service-stop".into(),
+        wait_for(4),
         format!("{agent} service uninstall"),
         format!("{agent} service install"),
         "net start storesync-agent".into(),
         "echo MARK started-after-service-install".into(),
-        wait_for(3),
+        wait_for(5),
         "net stop storesync-agent".into(),
         format!("{agent} service uninstall"),
         "net start storesync-agent".into(),
@@ -165,20 +181,27 @@ async fn the_windows_agent_sells_and_runs_as_a_service_under_wine() {
         .spawn()
         .unwrap();
 
+    // Each step is seen as the session reports it; the session waits for a flag file before the next one, so no
+    // stop or start can slip by between two polls.
     wait_until(&c, &url, true, "the service (net start) to answer", &session_log).await;
     assert_eq!(journal_ids(&c, &url).await, sold, "the console run's journal survived");
     sold.extend(sell(&c, &url, 20).await);
     std::fs::write(flag(1), b"").unwrap();
-    wait_until(&c, &url, false, "net stop", &session_log).await;
+    wait_mark(&session_log, "stopped-by-net-stop").await;
+    assert!(!up(&c, &url).await, "net stop returned with the agent still answering");
+    std::fs::write(flag(2), b"").unwrap();
     wait_until(&c, &url, true, "the service (service start) to answer", &session_log).await;
     assert_eq!(journal_ids(&c, &url).await, sold, "the journal survived net stop and a start");
     sold.extend(sell(&c, &url, 10).await);
-    std::fs::write(flag(2), b"").unwrap();
-    wait_until(&c, &url, false, "service stop", &session_log).await;
+    std::fs::write(flag(3), b"").unwrap();
+    wait_mark(&session_log, "stopped-by-service-stop").await;
+    assert!(!up(&c, &url).await, "the service reported stopped with the agent still answering");
+    std::fs::write(flag(4), b"").unwrap();
+    wait_mark(&session_log, "started-after-service-install").await;
     wait_until(&c, &url, true, "the service (service install, net start) to answer", &session_log).await;
     assert_eq!(journal_ids(&c, &url).await, sold, "the journal survived a reinstall of the service");
     sold.extend(sell(&c, &url, 5).await);
-    std::fs::write(flag(3), b"").unwrap();
+    std::fs::write(flag(5), b"").unwrap();
     let start = Instant::now();
     let status = loop {
         if let Some(s) = session.try_wait().unwrap() {
