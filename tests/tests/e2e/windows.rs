@@ -90,6 +90,21 @@ async fn journal_ids(c: &reqwest::Client, url: &str) -> Vec<Uuid> {
     crate::util::journal(c, url).await.iter().map(|e| e.event_id).collect()
 }
 
+/// Ends every process of a Wine prefix when dropped (`wineserver -k`), so a failed run leaves no service, no
+/// agent and no waiting batch file behind.
+struct Prefix<'a> {
+    wine: &'a Path,
+    path: PathBuf,
+}
+
+impl Drop for Prefix<'_> {
+    fn drop(&mut self) {
+        let server = self.wine.with_file_name("wineserver");
+        let server = if server.exists() { server } else { PathBuf::from("wineserver") };
+        let _ = Command::new(server).env("WINEPREFIX", &self.path).arg("-k").status();
+    }
+}
+
 fn wine_command(wine: &Path, prefix: &Path) -> Command {
     let mut cmd = Command::new(wine);
     cmd.env("WINEPREFIX", prefix).env("WINEDEBUG", "-all").stdin(Stdio::null());
@@ -108,7 +123,8 @@ async fn the_windows_agent_sells_and_runs_as_a_service_under_wine() {
     let exe = bin.join("storesync-agent.exe");
     std::fs::copy(&built, &exe).unwrap();
     std::fs::copy(built.with_file_name("bcryptprimitives.dll"), bin.join("bcryptprimitives.dll")).unwrap();
-    let prefix = root.path().join("prefix");
+    let guard = Prefix { wine: &wine, path: root.path().join("prefix") };
+    let prefix = guard.path.clone();
     let data = root.path().join("data");
     let port = free_port();
     let url = format!("http://127.0.0.1:{port}");
