@@ -700,16 +700,7 @@ struct ReleaseRequest {
 fn recheck(e: &StoredEvent) -> Result<(), String> {
     let kind = storesync_shared::EventKind::parse(&e.kind).ok_or_else(|| format!("unknown kind {}", e.kind))?;
     let body: Value = serde_json::from_str(&e.body).map_err(|err| format!("stored body: {err}"))?;
-    let entry = storesync_shared::wire::JournalEvent {
-        seq: e.seq,
-        event_id: e.event_id,
-        kind,
-        occurred_at: e.occurred_at.clone(),
-        body,
-        prev_hash: String::new(),
-        hash: e.hash.clone(),
-    };
-    entry.check_body().map_err(|err| err.to_string())
+    storesync_shared::wire::check_body(e.seq, kind, &e.occurred_at, &body).map_err(|err| err.to_string())
 }
 
 async fn admin_release(

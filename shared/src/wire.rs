@@ -62,21 +62,24 @@ impl JournalEvent {
         Ok(body)
     }
 
-    /// The body half of [`JournalEvent::verify`]: the body is a valid event of its kind (as this build's schema
-    /// and rules say), and its `occurred_at` is the entry's.
+    /// The body half of [`JournalEvent::verify`]: [`check_body`] of this entry.
     pub fn check_body(&self) -> Result<(), ChainError> {
-        let parsed = EventBody::from_stored(self.kind, self.body.clone())
-            .and_then(|b| b.validate().map(|()| b))
-            .map_err(|e| ChainError::BadBody { seq: self.seq, kind: self.kind.to_string(), detail: e.to_string() })?;
-        if parsed.occurred_at() != self.occurred_at {
-            return Err(ChainError::BadBody {
-                seq: self.seq,
-                kind: self.kind.to_string(),
-                detail: "occurred_at differs from the body's".into(),
-            });
-        }
-        Ok(())
+        check_body(self.seq, self.kind, &self.occurred_at, &self.body)
     }
+}
+
+/// Whether a stored entry's body (at `seq`, of `kind`) is a valid event of its kind, as this build's schema and
+/// rules say, with `occurred_at` as its own. Needs nothing of the chain, so a stored event can be checked again
+/// (the hub's quarantine release).
+pub fn check_body(seq: u64, kind: EventKind, occurred_at: &str, body: &Value) -> Result<(), ChainError> {
+    let bad = |detail: String| ChainError::BadBody { seq, kind: kind.to_string(), detail };
+    let parsed = EventBody::from_stored(kind, body.clone())
+        .and_then(|b| b.validate().map(|()| b))
+        .map_err(|e| bad(e.to_string()))?;
+    if parsed.occurred_at() != occurred_at {
+        return Err(bad("occurred_at differs from the body's".into()));
+    }
+    Ok(())
 }
 
 /// The error body every storesync HTTP surface answers with.
