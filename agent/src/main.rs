@@ -284,13 +284,15 @@ fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Service { action } => {
-            let config = Config::resolve(file, overrides, mode)?;
+            // Only `run` needs the configuration: a broken agent.toml must not stand in the way of an uninstall.
             match action {
                 ServiceAction::Install => storesync_agent::service::install(cli.config.as_deref())?,
                 ServiceAction::Uninstall => storesync_agent::service::uninstall()?,
                 ServiceAction::Start => storesync_agent::service::start()?,
                 ServiceAction::Stop => storesync_agent::service::stop()?,
-                ServiceAction::Run => storesync_agent::service::run_as_service(config)?,
+                ServiceAction::Run => {
+                    storesync_agent::service::run_as_service(Config::resolve(file, overrides, mode)?)?;
+                }
             }
             Ok(ExitCode::SUCCESS)
         }

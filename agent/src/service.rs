@@ -189,9 +189,17 @@ mod windows {
         let config = CONFIG.get().cloned().context("service started without a configuration")?;
         let shutdown = CancellationToken::new();
         let on_stop = shutdown.clone();
+        // The handler reports "stop pending" through the handle that registering it returns.
+        let cell: std::sync::Arc<OnceLock<service_control_handler::ServiceStatusHandle>> = Default::default();
+        let own = cell.clone();
+        // The drain's deadline plus time for the journal's last commit.
+        let stop_hint = config.shutdown_deadline + Duration::from_secs(10);
         let handle = service_control_handler::register(SERVICE_NAME, move |event| match event {
             ServiceControl::Stop | ServiceControl::Shutdown => {
                 tracing::info!("service stop requested: stopping");
+                if let Some(h) = own.get() {
+                    let _ = h.set_service_status(status(ServiceState::StopPending, 0, stop_hint));
+                }
                 on_stop.cancel();
                 ServiceControlHandlerResult::NoError
             }
@@ -199,6 +207,7 @@ mod windows {
             _ => ServiceControlHandlerResult::NotImplemented,
         })
         .context("registering the service control handler")?;
+        let _ = cell.set(handle);
         handle.set_service_status(status(ServiceState::Running, 0, Duration::ZERO))?;
         let result = tokio::runtime::Runtime::new()
             .context("starting the tokio runtime")
