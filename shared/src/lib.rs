@@ -3,7 +3,8 @@
 //! - [`event`]: the canonical retail events (wire bodies, versioned with `"schema": 1`) and their validation;
 //! - [`canonical`]: the one byte encoding used for hashing, and the journal hash chain;
 //! - [`crdt`]: the layout of a store's automerge document (stock counters, prices) and pure helpers on it;
-//! - [`wire`]: the agent ↔ hub protocol types.
+//! - [`wire`]: the agent ↔ hub protocol types;
+//! - [`release`]: signed release manifests and the rules an agent applies before it self-updates.
 //!
 //! Architecture invariant: this crate does no I/O. It knows nothing of SQL, HTTP, files or tokio, so that every
 //! rule about what an event *is* lives in one place and both binaries apply it identically.
@@ -11,6 +12,7 @@
 pub mod canonical;
 pub mod crdt;
 pub mod event;
+pub mod release;
 pub mod wire;
 
 pub use canonical::{canonical_json, event_hash, genesis_hash};
