@@ -30,9 +30,11 @@ use storesync_shared::wire::{
 use tracing::{error, info, warn};
 
 use crate::docs::{DocError, Docs, SyncLimits};
+use crate::rollout::{self, Transition};
 use crate::secrets;
 use crate::storage::{
-    IngestError, NewEnrollment, NewMovement, RedeemError, ReleaseOutcome, Storage, StorageError, StoredEvent, TillId,
+    IngestError, NewEnrollment, NewMovement, NewRelease, NewRollout, NewUpdateReport, PutRelease, RedeemError,
+    ReleaseOutcome, Rollout, RolloutError, Storage, StorageError, StoredEvent, TillId,
 };
 use crate::{Clock, Config, EnrollLimits, TillRate};
 
@@ -54,6 +56,9 @@ struct Inner {
     enroll_limits: EnrollLimits,
     /// One token bucket per till ("store/till"); bounded by the number of enrolled tills.
     till_rate: governor::DefaultKeyedRateLimiter<String>,
+    /// Publisher keys uploads are checked against (empty: none are).
+    release_keys: Vec<ed25519_dalek::VerifyingKey>,
+    max_release_bytes: usize,
 }
 
 /// What every handler shares.
@@ -89,7 +94,35 @@ impl AppState {
         let nz = |n: u32| std::num::NonZeroU32::new(n.max(1)).unwrap_or(std::num::NonZeroU32::MIN);
         let quota = governor::Quota::per_second(nz(till_rate.per_second)).allow_burst(nz(till_rate.burst));
         let till_rate = governor::RateLimiter::keyed(quota);
-        AppState(Arc::new(Inner { storage, docs, admin_token, clock, enroll_limits, till_rate }))
+        AppState(Arc::new(Inner {
+            storage,
+            docs,
+            admin_token,
+            clock,
+            enroll_limits,
+            till_rate,
+            release_keys: Vec::new(),
+            max_release_bytes: crate::DEFAULT_MAX_RELEASE_BYTES,
+        }))
+    }
+
+    /// This state with other release settings. Call it before the state is shared (cloned or routed).
+    ///
+    /// # Errors
+    /// A key that is not base64 of an ed25519 public key.
+    pub fn with_releases(self, releases: &crate::ReleaseSettings) -> anyhow::Result<AppState> {
+        let mut keys = Vec::with_capacity(releases.release_keys.len());
+        for (i, k) in releases.release_keys.iter().enumerate() {
+            keys.push(
+                storesync_shared::release::parse_verifying_key(k)
+                    .map_err(|e| anyhow::anyhow!("release_keys[{i}]: {e}"))?,
+            );
+        }
+        let mut inner = Arc::try_unwrap(self.0)
+            .map_err(|_| anyhow::anyhow!("release settings must be set before the hub state is shared"))?;
+        inner.release_keys = keys;
+        inner.max_release_bytes = releases.max_release_bytes.max(1);
+        Ok(AppState(Arc::new(inner)))
     }
 
     /// Opens the data dir's database and admin token as `config` says.
@@ -104,14 +137,15 @@ impl AppState {
                 token
             }
         };
-        Ok(AppState::with_sync(
+        AppState::with_sync(
             Arc::new(storage),
             admin_token,
             config.clock.clone(),
             config.enroll_limits,
             config.sync,
             config.till_rate,
-        ))
+        )
+        .with_releases(&config.releases)
     }
 
     fn now(&self) -> i64 {
@@ -156,6 +190,10 @@ pub fn router(state: AppState) -> Router {
     let sync_doc = Router::new()
         .route("/v1/sync/doc", post(sync_doc))
         .layer(DefaultBodyLimit::max(state.0.docs.limits().max_message_bytes));
+    // Release uploads carry whole agent binaries; multipart framing gets 64 KiB on top of the limit.
+    let release_upload = Router::new()
+        .route("/v1/admin/releases", post(admin_upload_release).get(admin_list_releases))
+        .layer(DefaultBodyLimit::max(state.0.max_release_bytes.saturating_add(64 * 1024)));
     let head_office = Router::new()
         .route("/v1/admin/prices", put(admin_put_prices))
         .route("/v1/admin/stock", post(admin_post_stock))
@@ -174,11 +212,19 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/admin/stores/{store}/prices/{sku}", get(admin_price))
         .route("/v1/admin/stores/{store}/compact", post(admin_compact))
         .route("/v1/admin/stores/{store}/doc", get(admin_doc))
+        .route("/v1/admin/rollouts", post(admin_start_rollout).get(admin_list_rollouts))
+        .route("/v1/admin/rollouts/{target}/promote", post(admin_promote))
+        .route("/v1/admin/rollouts/{target}/halt", post(admin_halt))
+        .route("/v1/admin/rollouts/{target}/resume", post(admin_resume))
+        .route("/v1/sync/update", get(sync_update))
+        .route("/v1/sync/update/report", post(sync_update_report))
+        .route("/v1/sync/releases/{version}/{target}/archive", get(sync_release_archive))
         .route("/healthz", get(|| async { Json(json!({"status": "ok"})) }))
         .layer(DefaultBodyLimit::max(MAX_SMALL_BODY))
         .merge(upload)
         .merge(sync_doc)
         .merge(head_office)
+        .merge(release_upload)
         .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such endpoint") })
         .with_state(state)
 }
@@ -1106,4 +1152,453 @@ async fn admin_doc(
         "saved_bytes": meta.saved_bytes,
         "epoch_bytes": meta.epoch_bytes,
     })))
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// Agent releases and staged rollouts (see `crate::rollout`; the hub is not a trust anchor, agents verify)
+
+impl From<RolloutError> for ApiError {
+    fn from(err: RolloutError) -> ApiError {
+        match err {
+            RolloutError::UnknownRelease { .. } => {
+                ApiError::new(StatusCode::NOT_FOUND, "unknown_release", err.to_string())
+            }
+            RolloutError::NoRollout(_) => ApiError::new(StatusCode::NOT_FOUND, "no_rollout", err.to_string()),
+            RolloutError::Transition(t) => ApiError::new(StatusCode::CONFLICT, t.code(), t.to_string()),
+            RolloutError::Storage(e) => e.into(),
+        }
+    }
+}
+
+fn b64() -> base64::engine::GeneralPurpose {
+    base64::engine::general_purpose::STANDARD
+}
+
+/// The parts of a release upload.
+#[derive(Default)]
+struct UploadParts {
+    manifest: Option<Bytes>,
+    signature: Option<Bytes>,
+    archive: Option<Bytes>,
+}
+
+async fn read_release_parts(
+    multipart: Result<axum::extract::Multipart, axum::extract::multipart::MultipartRejection>,
+) -> Result<UploadParts, ApiError> {
+    let mut multipart = multipart.map_err(|e| {
+        ApiError::new(StatusCode::BAD_REQUEST, "bad_multipart", format!("expected multipart/form-data: {e}"))
+    })?;
+    let part_err = |e: axum::extract::multipart::MultipartError| {
+        if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "body_too_large", "the release upload is too large")
+        } else {
+            ApiError::new(StatusCode::BAD_REQUEST, "bad_multipart", e.body_text())
+        }
+    };
+    let mut parts = UploadParts::default();
+    while let Some(field) = multipart.next_field().await.map_err(part_err)? {
+        let name = field.name().unwrap_or_default().to_owned();
+        let slot = match name.as_str() {
+            "manifest" => &mut parts.manifest,
+            "signature" => &mut parts.signature,
+            "archive" => &mut parts.archive,
+            _ => {
+                return Err(invalid(
+                    "unknown_part",
+                    format!("unexpected part {name:?}: send manifest, signature and archive"),
+                ));
+            }
+        };
+        if slot.is_some() {
+            return Err(invalid("duplicate_part", format!("part {name:?} is sent twice")));
+        }
+        *slot = Some(field.bytes().await.map_err(part_err)?);
+    }
+    Ok(parts)
+}
+
+/// Checks an upload and builds the row to store (CPU-bound: runs on the blocking pool).
+fn check_release(parts: UploadParts, keys: &[ed25519_dalek::VerifyingKey], now: i64) -> Result<NewRelease, ApiError> {
+    let missing = |p: &str| invalid("missing_part", format!("the {p} part is missing"));
+    let manifest = parts.manifest.ok_or_else(|| missing("manifest"))?;
+    let archive = parts.archive.ok_or_else(|| missing("archive"))?;
+    if manifest.len() > storesync_shared::release::MAX_MANIFEST_BYTES {
+        return Err(invalid(
+            "invalid_manifest",
+            format!("a manifest is at most {} bytes", storesync_shared::release::MAX_MANIFEST_BYTES),
+        ));
+    }
+    let m = storesync_shared::release::parse_manifest(&manifest).map_err(|e| invalid("invalid_manifest", e))?;
+    let signature = match parts.signature {
+        None => None,
+        Some(b) => {
+            let text = std::str::from_utf8(&b).map(str::trim).unwrap_or("\u{0}");
+            if text.is_empty() {
+                None
+            } else {
+                use base64::Engine as _;
+                match b64().decode(text) {
+                    Ok(sig) if sig.len() == 64 => Some(text.to_owned()),
+                    _ => return Err(invalid("invalid_signature", "signature must be base64 of 64 bytes")),
+                }
+            }
+        }
+    };
+    let sha = {
+        use sha2::Digest as _;
+        hex::encode(sha2::Sha256::digest(&archive))
+    };
+    if sha != m.archive_sha256 || archive.len() as u64 != m.archive_size {
+        return Err(invalid(
+            "archive_mismatch",
+            format!(
+                "the archive is {} bytes with SHA-256 {sha}; the manifest says {} bytes with {}",
+                archive.len(),
+                m.archive_size,
+                m.archive_sha256
+            ),
+        ));
+    }
+    if !keys.is_empty() {
+        storesync_shared::release::verify_manifest(&manifest, signature.as_deref(), keys)
+            .map_err(|r| invalid(r.code(), format!("{r}; this hub only takes releases of its release_keys")))?;
+        crate::release::verify_archive(&archive, &m.version, &m.target, keys)
+            .map_err(|e| invalid("bad_archive_signature", format!("the archive signature does not verify: {e}")))?;
+    }
+    Ok(NewRelease {
+        version: m.version,
+        target: m.target,
+        manifest: manifest.to_vec(),
+        signature,
+        archive: archive.to_vec(),
+        archive_sha256: sha,
+        archive_size: m.archive_size,
+        min_version: m.min_version,
+        expires_at: m.expires_at,
+        uploaded_at: now,
+    })
+}
+
+/// `POST /v1/admin/releases` (multipart: `manifest`, `signature`?, `archive`): stores a release.
+async fn admin_upload_release(
+    _: AdminAuth,
+    State(state): State<AppState>,
+    multipart: Result<axum::extract::Multipart, axum::extract::multipart::MultipartRejection>,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    let parts = read_release_parts(multipart).await?;
+    let now = state.now();
+    let st = state.clone();
+    let release = match tokio::task::spawn_blocking(move || check_release(parts, &st.0.release_keys, now)).await {
+        Ok(r) => r?,
+        Err(err) => {
+            error!(error = %err, "release check task failed");
+            return Err(ApiError::internal());
+        }
+    };
+    let answer = json!({
+        "version": release.version,
+        "target": release.target,
+        "archive_sha256": release.archive_sha256,
+        "archive_size": release.archive_size,
+        "signed": release.signature.is_some(),
+    });
+    let (version, target) = (release.version.clone(), release.target.clone());
+    match state.db(move |s| s.put_release(&release)).await? {
+        PutRelease::Created => {
+            info!(version = %version, target = %target, "agent release stored");
+            Ok((StatusCode::CREATED, Json(answer)))
+        }
+        PutRelease::Identical => Ok((StatusCode::OK, Json(answer))),
+        PutRelease::Conflict => Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "release_exists",
+            format!("another release {version} for {target} is stored; publish a new version"),
+        )),
+    }
+}
+
+/// `GET /v1/admin/releases`: every stored release, newest version first.
+async fn admin_list_releases(_: AdminAuth, State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
+    let releases = state.db(|s| s.list_releases()).await?;
+    let releases: Vec<Value> = releases
+        .into_iter()
+        .map(|r| {
+            json!({
+                "version": r.version,
+                "target": r.target,
+                "min_version": r.min_version,
+                "expires_at": r.expires_at,
+                "archive_sha256": r.archive_sha256,
+                "archive_size": r.archive_size,
+                "signed": r.signed,
+                "uploaded_at": rfc3339(r.uploaded_at),
+            })
+        })
+        .collect();
+    Ok(Json(json!({ "releases": releases })))
+}
+
+fn rollout_json(r: &Rollout, stores: &[String]) -> Value {
+    json!({
+        "target": r.target,
+        "version": r.version,
+        "stage": r.stage.as_str(),
+        "canary_percent": r.canary_percent,
+        "canary_stores": stores.iter().filter(|s| rollout::in_canary(s, r.canary_percent)).count(),
+        "max_failures": r.max_failures,
+        "failures": r.failures,
+        "installed": r.installed,
+        "refused": r.refused,
+        "halted_reason": r.halted_reason,
+        "started_at": rfc3339(r.started_at),
+        "updated_at": rfc3339(r.updated_at),
+    })
+}
+
+/// Every store the hub knows, for `canary_stores`.
+async fn store_ids(state: &AppState) -> Result<Vec<String>, ApiError> {
+    Ok(state.db(|s| s.list_stores()).await?.into_iter().map(|v| v.store).collect())
+}
+
+async fn rollout_answer(state: &AppState, r: &Rollout) -> Result<Json<Value>, ApiError> {
+    Ok(Json(rollout_json(r, &store_ids(state).await?)))
+}
+
+fn check_target(target: &str) -> Result<(), ApiError> {
+    let ok = !target.is_empty()
+        && target.len() <= 100
+        && target.chars().all(|c| c.is_ascii_alphanumeric() || "_-.".contains(c));
+    if ok { Ok(()) } else { Err(invalid("invalid_target", format!("{target:?} is not a target triple"))) }
+}
+
+fn check_version(field: &str, version: &str) -> Result<(), ApiError> {
+    storesync_shared::release::version(version)
+        .map(|_| ())
+        .map_err(|e| invalid("invalid_version", format!("{field}: {e}")))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct StartRollout {
+    version: String,
+    target: String,
+    #[serde(default)]
+    canary_percent: Option<u32>,
+    #[serde(default)]
+    max_failures: Option<u32>,
+}
+
+/// The default share of stores in the canary ring.
+const DEFAULT_CANARY_PERCENT: u8 = 10;
+
+/// `POST /v1/admin/rollouts`: starts a rollout of a stored release, replacing the target's active one.
+async fn admin_start_rollout(
+    _: AdminAuth,
+    State(state): State<AppState>,
+    JsonBody(req): JsonBody<StartRollout>,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    check_version("version", &req.version)?;
+    check_target(&req.target)?;
+    let canary_percent = match req.canary_percent {
+        None => DEFAULT_CANARY_PERCENT,
+        Some(p) => u8::try_from(p)
+            .ok()
+            .filter(|p| *p <= 100)
+            .ok_or_else(|| invalid("invalid_canary_percent", "canary_percent must be 0 to 100"))?,
+    };
+    let max_failures = req.max_failures.unwrap_or(1);
+    if max_failures == 0 {
+        return Err(invalid("invalid_max_failures", "max_failures must be at least 1"));
+    }
+    let new = NewRollout { target: req.target, version: req.version, canary_percent, max_failures };
+    let now = state.now();
+    let r = state.db(move |s| s.start_rollout(&new, now)).await?;
+    info!(target_triple = %r.target, version = %r.version, canary_percent, stage = r.stage.as_str(),
+          "rollout started");
+    Ok((StatusCode::CREATED, rollout_answer(&state, &r).await?))
+}
+
+async fn change_rollout(
+    state: &AppState,
+    target: Result<Path<String>, PathRejection>,
+    change: Transition,
+) -> Result<Json<Value>, ApiError> {
+    let Path(target) = target.map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "bad_path", e.body_text()))?;
+    check_target(&target)?;
+    let now = state.now();
+    let what = match &change {
+        Transition::Promote => "promoted",
+        Transition::Halt(_) => "halted",
+        Transition::Resume => "resumed",
+    };
+    let r = state.db(move |s| s.change_rollout(&target, &change, now)).await?;
+    info!(target_triple = %r.target, version = %r.version, stage = r.stage.as_str(), "rollout {what}");
+    rollout_answer(state, &r).await
+}
+
+/// `POST /v1/admin/rollouts/{target}/promote`: offer the release to every store.
+async fn admin_promote(
+    _: AdminAuth,
+    State(state): State<AppState>,
+    target: Result<Path<String>, PathRejection>,
+) -> Result<Json<Value>, ApiError> {
+    change_rollout(&state, target, Transition::Promote).await
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct HaltRequest {
+    #[serde(default)]
+    reason: Option<String>,
+}
+
+/// The most characters of a halt reason, or of a report's reason or detail.
+const MAX_NOTE_CHARS: usize = 2000;
+
+/// `POST /v1/admin/rollouts/{target}/halt` `{"reason"?}` (the body may be empty): offer it to nobody.
+async fn admin_halt(
+    _: AdminAuth,
+    State(state): State<AppState>,
+    target: Result<Path<String>, PathRejection>,
+    body: Bytes,
+) -> Result<Json<Value>, ApiError> {
+    let req: HaltRequest = if body.iter().all(u8::is_ascii_whitespace) {
+        HaltRequest::default()
+    } else {
+        serde_json::from_slice(&body).map_err(|e| invalid("invalid_body", e.to_string()))?
+    };
+    let reason = req.reason.map(|r| r.trim().to_owned()).filter(|r| !r.is_empty());
+    if reason.as_ref().is_some_and(|r| r.chars().count() > MAX_NOTE_CHARS) {
+        return Err(invalid("invalid_reason", format!("reason is at most {MAX_NOTE_CHARS} characters")));
+    }
+    let reason = reason.or_else(|| Some("halted by head office".to_owned()));
+    change_rollout(&state, target, Transition::Halt(reason)).await
+}
+
+/// `POST /v1/admin/rollouts/{target}/resume`: back to the canary ring, failures reset.
+async fn admin_resume(
+    _: AdminAuth,
+    State(state): State<AppState>,
+    target: Result<Path<String>, PathRejection>,
+) -> Result<Json<Value>, ApiError> {
+    change_rollout(&state, target, Transition::Resume).await
+}
+
+/// `GET /v1/admin/rollouts`: every target's rollout and the fleet's version spread.
+async fn admin_list_rollouts(_: AdminAuth, State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
+    let rollouts = state.db(|s| s.list_rollouts()).await?;
+    let spread = state.db(|s| s.version_spread()).await?;
+    let stores = store_ids(&state).await?;
+    let rollouts: Vec<Value> = rollouts.iter().map(|r| rollout_json(r, &stores)).collect();
+    let spread: Vec<Value> = spread.into_iter().map(|(v, n)| json!({"version": v, "tills": n})).collect();
+    Ok(Json(json!({"rollouts": rollouts, "version_spread": spread})))
+}
+
+#[derive(Debug, Deserialize)]
+struct UpdateQuery {
+    version: String,
+    target: String,
+}
+
+/// `GET /v1/sync/update?version=<running>&target=<triple>`: the release this till's store is offered, or 204.
+async fn sync_update(
+    TillAuth(till): TillAuth,
+    State(state): State<AppState>,
+    query: Result<Query<UpdateQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Response, ApiError> {
+    let Query(q) =
+        query.map_err(|e| ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_query", e.body_text()))?;
+    check_version("version", &q.version)?;
+    check_target(&q.target)?;
+    let running = storesync_shared::release::version(&q.version).map_err(|e| invalid("invalid_version", e))?;
+    let now = state.now();
+    let t = till.clone();
+    let (version, target) = (q.version.clone(), q.target.clone());
+    let Some(cand) = state.db(move |s| s.check_update(&t, &version, &target, now)).await? else {
+        return Ok(StatusCode::NO_CONTENT.into_response());
+    };
+    let r = &cand.rollout;
+    let newer = storesync_shared::release::version(&r.version).is_ok_and(|v| v > running);
+    match rollout::offered_ring(r.stage, r.canary_percent, &till.store) {
+        Some(ring) if newer => {
+            use base64::Engine as _;
+            let offer = storesync_shared::release::UpdateOffer {
+                manifest: b64().encode(&cand.manifest),
+                signature: cand.signature.clone(),
+                archive_path: format!("/v1/sync/releases/{}/{}/archive", r.version, r.target),
+                ring: ring.to_owned(),
+            };
+            tracing::debug!(store_id = %till.store, till_id = %till.till, version = %r.version, ring,
+                            "update offered");
+            Ok(Json(offer).into_response())
+        }
+        _ => Ok(StatusCode::NO_CONTENT.into_response()),
+    }
+}
+
+/// `GET /v1/sync/releases/{version}/{target}/archive`: the signed archive, as uploaded.
+async fn sync_release_archive(
+    TillAuth(_): TillAuth,
+    State(state): State<AppState>,
+    path: Result<Path<(String, String)>, PathRejection>,
+) -> Result<Response, ApiError> {
+    let Path((version, target)) =
+        path.map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "bad_path", e.body_text()))?;
+    let unknown = || ApiError::new(StatusCode::NOT_FOUND, "unknown_release", "no such release");
+    if check_version("version", &version).is_err() || check_target(&target).is_err() {
+        return Err(unknown());
+    }
+    let (v, t) = (version.clone(), target.clone());
+    let archive = state.db(move |s| s.release_archive(&v, &t)).await?.ok_or_else(unknown)?;
+    let disposition = format!("attachment; filename=\"{}\"", crate::release::archive_file_name(&version, &target));
+    let disposition = HeaderValue::from_str(&disposition).map_err(|_| ApiError::internal())?;
+    Ok((
+        [
+            (header::CONTENT_TYPE, HeaderValue::from_static("application/gzip")),
+            (header::CONTENT_DISPOSITION, disposition),
+        ],
+        archive,
+    )
+        .into_response())
+}
+
+/// `POST /v1/sync/update/report`: what became of a release at this till (the till is the credential's).
+async fn sync_update_report(
+    TillAuth(till): TillAuth,
+    State(state): State<AppState>,
+    JsonBody(report): JsonBody<storesync_shared::release::UpdateReport>,
+) -> Result<Json<Value>, ApiError> {
+    check_version("version", &report.version)?;
+    check_version("running_version", &report.running_version)?;
+    check_target(&report.target)?;
+    for (field, text) in [("reason", &report.reason), ("detail", &report.detail)] {
+        if text.as_ref().is_some_and(|t| t.chars().count() > MAX_NOTE_CHARS) {
+            return Err(invalid("invalid_body", format!("{field} is at most {MAX_NOTE_CHARS} characters")));
+        }
+    }
+    let new = NewUpdateReport {
+        version: report.version,
+        target: report.target,
+        outcome: report.outcome,
+        running_version: report.running_version,
+        reason: report.reason,
+        detail: report.detail,
+    };
+    let now = state.now();
+    let t = till.clone();
+    let outcome = new.outcome;
+    let (version, reason) = (new.version.clone(), new.reason.clone());
+    let effect = state.db(move |s| s.record_update_report(&t, &new, now)).await?;
+    info!(store_id = %till.store, till_id = %till.till, version = %version, outcome = ?outcome,
+          reason = reason.as_deref().unwrap_or(""), "update report");
+    if effect.halted_now
+        && let Some(r) = &effect.rollout
+    {
+        warn!(target_triple = %r.target, version = %r.version, failures = r.failures,
+              reason = r.halted_reason.as_deref().unwrap_or(""), "rollout halted automatically");
+    }
+    Ok(Json(match &effect.rollout {
+        Some(r) => json!({"stage": r.stage.as_str(), "failures": r.failures}),
+        None => json!({}),
+    }))
 }

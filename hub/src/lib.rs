@@ -1,5 +1,6 @@
 //! `storesync-hub`: the head-office side of storesync: till enrolment, exactly-once journal ingest, the fleet
-//! view, and the store documents (CRDT sync with tills, head-office prices and stock, epoch compaction).
+//! view, the store documents (CRDT sync with tills, head-office prices and stock, epoch compaction), and the
+//! agent releases with their staged rollouts ([`rollout`]; the publisher's signing side is [`release`]).
 //!
 //! Entry points: [`run`] (what `storesync-hub serve` calls) and [`bind`] + [`Server::serve`] for callers that need
 //! the bound address first (tests, `demo`); [`router`] builds the HTTP surface on any [`AppState`].
@@ -9,6 +10,8 @@
 
 pub mod api;
 pub mod docs;
+pub mod release;
+pub mod rollout;
 pub mod secrets;
 pub mod server;
 pub mod storage;
@@ -97,6 +100,26 @@ impl Default for TillRate {
     }
 }
 
+/// Agent releases: the largest upload, and the publisher keys the hub itself checks uploads against.
+#[derive(Debug, Clone)]
+pub struct ReleaseSettings {
+    /// The most bytes of a release upload (`POST /v1/admin/releases`, all parts together).
+    pub max_release_bytes: usize,
+    /// Base64 ed25519 public keys. When any is given, the hub refuses a release whose manifest signature (or
+    /// archive signature) does not verify against one of them; when empty it stores what it is given (agents
+    /// verify either way: the hub is not a trust anchor).
+    pub release_keys: Vec<String>,
+}
+
+/// The default [`ReleaseSettings::max_release_bytes`]: 512 MiB.
+pub const DEFAULT_MAX_RELEASE_BYTES: usize = 512 * 1024 * 1024;
+
+impl Default for ReleaseSettings {
+    fn default() -> Self {
+        ReleaseSettings { max_release_bytes: DEFAULT_MAX_RELEASE_BYTES, release_keys: Vec::new() }
+    }
+}
+
 /// Everything `serve` needs.
 #[derive(Clone)]
 pub struct Config {
@@ -115,6 +138,8 @@ pub struct Config {
     pub sync: SyncLimits,
     /// Per-till request rate.
     pub till_rate: TillRate,
+    /// Agent release uploads.
+    pub releases: ReleaseSettings,
 }
 
 impl std::fmt::Debug for Config {
@@ -128,6 +153,7 @@ impl std::fmt::Debug for Config {
             .field("enroll_limits", &self.enroll_limits)
             .field("sync", &self.sync)
             .field("till_rate", &self.till_rate)
+            .field("releases", &self.releases)
             .finish_non_exhaustive()
     }
 }
@@ -146,6 +172,7 @@ impl Config {
             shutdown_grace: std::time::Duration::from_secs(10),
             sync: SyncLimits::default(),
             till_rate: TillRate::default(),
+            releases: ReleaseSettings::default(),
         }
     }
 }

@@ -43,6 +43,9 @@ enum Command {
         #[arg(long, env = "STORESYNC_HUB_DATA_DIR")]
         data_dir: Option<PathBuf>,
     },
+    /// Publish agent releases: make a signing key, build and sign a release.
+    #[command(subcommand)]
+    Release(ReleaseCommand),
     /// Revoke a till's credential now.
     Revoke {
         #[arg(long)]
@@ -51,6 +54,39 @@ enum Command {
         till: String,
         #[arg(long, env = "STORESYNC_HUB_DATA_DIR")]
         data_dir: Option<PathBuf>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum ReleaseCommand {
+    /// Write a new signing key (DIR/release.key, mode 0600) and its public key (DIR/release.pub); prints the
+    /// public key, the form agents' `update_keys` take. Never overwrites.
+    Keygen {
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Build DIR/storesync-agent-V-TRIPLE.tar.gz (signed with zipsign), DIR/manifest.json and DIR/manifest.sig.
+    Sign {
+        /// The signing key file written by `release keygen`.
+        #[arg(long)]
+        key: PathBuf,
+        /// The agent binary to ship.
+        #[arg(long)]
+        binary: PathBuf,
+        /// Its semantic version.
+        #[arg(long)]
+        version: String,
+        /// The Rust target triple it runs on.
+        #[arg(long)]
+        target: String,
+        /// Agents older than this must not install it.
+        #[arg(long, default_value = "0.0.0")]
+        min_version: String,
+        /// How long the manifest stays valid: 90s, 30m, 24h, 7d.
+        #[arg(long, default_value = "30d")]
+        expires_in: String,
+        #[arg(long)]
+        out: PathBuf,
     },
 }
 
@@ -80,6 +116,9 @@ struct ServeArgs {
     /// Requests a till may make at once above that rate [default: 200].
     #[arg(long, env = "STORESYNC_HUB_TILL_BURST", value_parser = clap::value_parser!(u32).range(1..))]
     till_burst: Option<u32>,
+    /// The largest agent release upload, in bytes [default: 536870912, 512 MiB].
+    #[arg(long, env = "STORESYNC_HUB_MAX_RELEASE_BYTES", value_parser = clap::value_parser!(u64).range(1..))]
+    max_release_bytes: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -91,6 +130,10 @@ struct FileConfig {
     tls_key: Option<PathBuf>,
     #[serde(default)]
     insecure_allow_plaintext: bool,
+    max_release_bytes: Option<u64>,
+    /// Base64 publisher public keys the hub checks release uploads against (empty: stores what it is given).
+    #[serde(default)]
+    release_keys: Vec<String>,
 }
 
 const DEFAULT_DATA_DIR: &str = "storesync-hub-data";
@@ -135,6 +178,7 @@ fn real_main(cli: Cli) -> anyhow::Result<()> {
             println!("{}", code.code);
             Ok(())
         }
+        Command::Release(cmd) => release(cmd),
         Command::Revoke { store, till, data_dir } => {
             let till = check_ids(store, till)?;
             let storage = storesync_hub::open_storage(&data_dir.unwrap_or_else(|| DEFAULT_DATA_DIR.into()))?;
@@ -143,6 +187,40 @@ fn real_main(cli: Cli) -> anyhow::Result<()> {
                 bail!("no till {} in store {}", till.till, till.store);
             }
             eprintln!("revoked store {} till {}", till.store, till.till);
+            Ok(())
+        }
+    }
+}
+
+fn release(cmd: ReleaseCommand) -> anyhow::Result<()> {
+    use storesync_hub::release;
+    match cmd {
+        ReleaseCommand::Keygen { out } => {
+            let files = release::keygen(&out)?;
+            eprintln!("signing key: {} (keep it secret, off the hub)", files.key.display());
+            eprintln!("public key:  {} (agents' update_keys)", files.public.display());
+            println!("{}", files.public_b64);
+            Ok(())
+        }
+        ReleaseCommand::Sign { key, binary, version, target, min_version, expires_in, out } => {
+            let ttl_s = secrets::parse_ttl(&expires_in)
+                .with_context(|| format!("invalid --expires-in {expires_in:?}; use e.g. 90s, 30m, 24h, 30d"))?;
+            storesync_shared::release::version(&min_version).map_err(|e| anyhow::anyhow!("--min-version: {e}"))?;
+            storesync_shared::release::version(&version).map_err(|e| anyhow::anyhow!("--version: {e}"))?;
+            let key = release::read_signing_key(&key)?;
+            let expires_at = time::OffsetDateTime::now_utc() + time::Duration::seconds(ttl_s);
+            let spec = release::ReleaseSpec {
+                binary: &binary,
+                version: &version,
+                target: &target,
+                min_version: &min_version,
+                expires_at,
+            };
+            let files = release::write_release(&spec, &key, &out)?;
+            eprintln!("release {version} for {target}, manifest valid until {expires_at}:");
+            for p in [&files.archive, &files.manifest, &files.signature] {
+                println!("{}", p.display());
+            }
             Ok(())
         }
     }
@@ -186,6 +264,10 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
     if let Some(b) = args.till_burst {
         config.till_rate.burst = b;
     }
+    if let Some(n) = args.max_release_bytes.or(file.max_release_bytes) {
+        config.releases.max_release_bytes = usize::try_from(n).context("--max-release-bytes is too large")?;
+    }
+    config.releases.release_keys = file.release_keys;
 
     let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
     runtime.block_on(async move {
