@@ -1460,8 +1460,15 @@ async fn admin_halt(
     _: AdminAuth,
     State(state): State<AppState>,
     target: Result<Path<String>, PathRejection>,
-    body: Bytes,
+    body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<Value>, ApiError> {
+    let body = body.map_err(|rej| {
+        if rej.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "body_too_large", "request body is too large")
+        } else {
+            ApiError::new(StatusCode::BAD_REQUEST, "bad_request", rej.body_text())
+        }
+    })?;
     let req: HaltRequest = if body.iter().all(u8::is_ascii_whitespace) {
         HaltRequest::default()
     } else {

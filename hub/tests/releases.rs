@@ -305,6 +305,9 @@ async fn rollouts_offer_by_ring_and_halt_on_canary_rollbacks() {
     assert_eq!((s, body["stage"].as_str(), &body["halted_reason"]), (200, Some("canary"), &Value::Null));
     let (s, body) = hub.post(&format!("/v1/admin/rollouts/{LINUX}/resume"), Some(ADMIN), &json!({})).await;
     assert_eq!((s, body["error"].as_str()), (409, Some("not_halted")), "{body}");
+    let huge = json!({"reason": "x".repeat(20_000)});
+    let (s, body) = hub.post(&format!("/v1/admin/rollouts/{LINUX}/halt"), Some(ADMIN), &huge).await;
+    assert_eq!((s, body["error"].as_str()), (413, Some("body_too_large")), "{body}");
     let (s, body) = hub.post("/v1/admin/rollouts/aarch64-unknown-linux-gnu/halt", Some(ADMIN), &json!({})).await;
     assert_eq!((s, body["error"].as_str()), (404, Some("no_rollout")), "{body}");
 
