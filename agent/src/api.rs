@@ -95,6 +95,7 @@ pub fn router(state: Arc<AgentState>) -> Router {
         .route("/v1/journal", get(journal))
         .route("/v1/status", get(status))
         .route("/v1/sync/now", post(sync_now))
+        .route("/v1/update/check", post(update_check))
         .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such endpoint") })
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(state)
@@ -208,7 +209,12 @@ pub async fn status_value(s: &Arc<AgentState>) -> Result<serde_json::Value, ApiE
         obj.insert("hub_url".into(), json!(sync.hub_url));
         obj.insert("last_sync_at".into(), json!(sync.last_sync_at.and_then(|t| t.format(&Rfc3339).ok())));
         obj.insert("last_error".into(), json!(sync.last_error));
-        obj.insert("version".into(), json!(env!("CARGO_PKG_VERSION")));
+        obj.insert("version".into(), json!(crate::update::VERSION));
+        obj.insert("target".into(), json!(crate::update::TARGET));
+        let upd = s.update.lock().map(|u| u.clone()).unwrap_or_default();
+        let (dir, cfg) = (s.data_dir.clone(), s.update_cfg.clone());
+        let update = blocking(move || Ok(crate::update::status_json(&dir, &cfg, &upd))).await?;
+        obj.insert("update".into(), update);
         obj.insert("queue_depth".into(), json!(s.journal.queue_depth()));
         obj.insert("epoch".into(), json!(s.journal.epoch()));
         let (groups, events) = s.journal.writer_stats().get();
@@ -255,4 +261,13 @@ async fn sync_now(
             return Ok(Json(v));
         }
     }
+}
+
+/// `POST /v1/update/check`: asks the hub for a release now and answers what came of it (`installing` means the
+/// agent restarts into the new version as soon as this answer is sent).
+async fn update_check(State(s): State<Arc<AgentState>>) -> Result<Json<crate::update::CheckResult>, ApiError> {
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let busy = || ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "stopping", "the agent is stopping");
+    s.update_checks.send(tx).await.map_err(|_| busy())?;
+    Ok(Json(rx.await.map_err(|_| busy())?))
 }

@@ -27,6 +27,15 @@ pub struct FileConfig {
     /// How long a stop waits for POS requests in flight, in seconds (1–300, default 10); then the journal commits
     /// what it holds and the agent exits without them (they were never answered, so nothing acknowledged is lost).
     pub shutdown_deadline_s: Option<u64>,
+    /// Self-update on or off. Default: on when an update key is compiled in or configured.
+    pub update_enabled: Option<bool>,
+    /// Base64 ed25519 public keys a release must be signed with (added to any compiled in). An empty list is an
+    /// error: self-update never runs unverified.
+    pub update_keys: Option<Vec<String>>,
+    /// How often to ask the hub for a release, in seconds (10–604800, default 3600, plus up to 10 % jitter).
+    pub update_check_interval_s: Option<u64>,
+    /// How long a new version has to prove its health before it is rolled back, in seconds (2–600, default 30).
+    pub update_health_timeout_s: Option<u64>,
 }
 
 /// How logs are written.
@@ -47,6 +56,7 @@ pub struct Config {
     pub sync: crate::sync::SyncConfig,
     /// See [`FileConfig::shutdown_deadline_s`].
     pub shutdown_deadline: std::time::Duration,
+    pub update: crate::update::UpdateConfig,
 }
 
 /// The default [`Config::shutdown_deadline`].
@@ -157,7 +167,14 @@ impl Config {
             Some(s) if (1..=300).contains(&s) => std::time::Duration::from_secs(s),
             Some(_) => bail!("shutdown_deadline_s must be between 1 and 300"),
         };
+        let update = crate::update::UpdateConfig::resolve(
+            file.update_enabled,
+            file.update_keys.as_deref(),
+            file.update_check_interval_s,
+            file.update_health_timeout_s,
+        )?;
         Ok(Config {
+            update,
             shutdown_deadline,
             data_dir: o.data_dir.or(file.data_dir).unwrap_or_else(|| Paths::of(mode).data_dir),
             listen,
@@ -178,6 +195,7 @@ impl Config {
             upload_batch_events: storesync_shared::wire::MAX_BATCH_EVENTS,
             sync: crate::sync::SyncConfig::default(),
             shutdown_deadline: DEFAULT_SHUTDOWN_DEADLINE,
+            update: crate::update::UpdateConfig::default(),
         }
     }
 }

@@ -10,6 +10,7 @@ pub mod credential;
 pub mod journal;
 pub mod service;
 pub mod sync;
+pub mod update;
 
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -55,6 +56,13 @@ pub struct AgentState {
     pub sync_requested: std::sync::atomic::AtomicU64,
     /// The highest ticket whose round has finished (successfully or not).
     pub sync_served: watch::Sender<u64>,
+    /// Self-update settings, and what the last check found.
+    pub update_cfg: update::UpdateConfig,
+    pub update: Mutex<update::UpdateStatus>,
+    /// Asks the update task for a check now (`POST /v1/update/check`).
+    pub update_checks: update::CheckRequests,
+    /// Set by a self-update (or its rollback): the binary to exec once the agent has stopped.
+    pub restart_into: Mutex<Option<PathBuf>>,
 }
 
 impl AgentState {
@@ -68,10 +76,29 @@ impl AgentState {
     }
 }
 
+/// How a run ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Exit {
+    /// Asked to stop.
+    Stopped,
+    /// A self-update (or its rollback) wants this binary started in the agent's place, once everything has
+    /// stopped.
+    Exec(PathBuf),
+}
+
+/// Runs the agent until `shutdown` is cancelled (see [`run_until`]); a self-update restart is logged, not done.
+pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
+    if let Exit::Exec(path) = run_until(config, shutdown, update::Boot::Normal).await? {
+        tracing::warn!(binary = %path.display(), "a self-update asked for a restart this embedding cannot do");
+    }
+    Ok(())
+}
+
 /// Runs the agent until `shutdown` is cancelled: SIGTERM, ctrl-c and a service stop all cancel the same token.
 /// In-flight requests are drained for up to `config.shutdown_deadline`, then the journal writer commits what it
-/// holds and stops.
-pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
+/// holds and stops. A self-update stops the agent the same way and answers [`Exit::Exec`]; `boot` says whether
+/// this start is a new version's trial, whose health the update task confirms or rolls back.
+pub async fn run_until(config: Config, shutdown: CancellationToken, boot: update::Boot) -> anyhow::Result<Exit> {
     // An enrolled till takes its identity from its credential; flags and config only name it before enrolment.
     let cred = credential::load(&config.data_dir)?;
     let claim = match &cred {
@@ -89,6 +116,8 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         None => IdentityClaim { store_id: config.store_id.clone(), till_id: config.till_id.clone() },
     };
     let (journal, writer) = Journal::open(&config.data_dir, &claim)?;
+    // One check at a time; a second `POST /v1/update/check` waits for a free slot.
+    let (checks_tx, checks_rx) = tokio::sync::mpsc::channel(1);
     let identity = journal.identity().clone();
     tracing::info!(store_id = %identity.store_id, till_id = %identity.till_id, data_dir = %config.data_dir.display(), "journal open");
     let state = Arc::new(AgentState {
@@ -104,6 +133,10 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         sync_now: Notify::new(),
         sync_requested: std::sync::atomic::AtomicU64::new(0),
         sync_served: watch::channel(0).0,
+        update_cfg: config.update.clone(),
+        update: Mutex::new(update::UpdateStatus::default()),
+        update_checks: checks_tx,
+        restart_into: Mutex::new(None),
     });
     let tasks = TaskTracker::new();
     tasks.spawn(supervise_sync(state.clone(), config.sync.clone(), shutdown.clone()));
@@ -111,6 +144,14 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         .await
         .with_context(|| format!("binding the POS API to {}", config.listen))?;
     let addr = listener.local_addr()?;
+    tasks.spawn(update::run(
+        state.clone(),
+        config.update.clone(),
+        boot == update::Boot::Trial,
+        addr,
+        checks_rx,
+        shutdown.clone(),
+    ));
     tracing::info!(%addr, "POS API listening");
     // Tests and supervisors read the bound address from this line.
     println!("listening on http://{addr}");
@@ -135,6 +176,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     shutdown.cancel();
     tasks.close();
     tasks.wait().await;
+    let restart = state.restart_into.lock().ok().and_then(|mut r| r.take());
     drop(state);
     // Every handle is gone: the writer drains its queue, commits, and ends.
     let joined = tokio::task::spawn_blocking(move || writer.join()).await;
@@ -142,7 +184,10 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         tracing::error!("journal writer ended abnormally");
     }
     tracing::info!("agent stopped");
-    result
+    result.map(|()| match restart {
+        Some(path) => Exit::Exec(path),
+        None => Exit::Stopped,
+    })
 }
 
 /// Runs the sync loop, restarting it if it ever panics, so that a bug in one round can never stop sync for good

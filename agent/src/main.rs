@@ -8,12 +8,13 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use storesync_agent::config::{self, Config, LogFormat, Mode, Overrides, Paths};
 use storesync_agent::journal::{self, DB_FILE};
+use storesync_agent::update;
 use tokio_util::sync::CancellationToken;
 
 #[derive(Parser)]
 #[command(
     name = "storesync-agent",
-    version,
+    version = storesync_agent::update::VERSION,
     about = "storesync store agent: the POS journal, offline stock and prices, sync to the hub"
 )]
 struct Cli {
@@ -183,17 +184,36 @@ fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
             overrides.store_id = store_id;
             overrides.till_id = till_id;
             let config = Config::resolve(file, overrides, mode)?;
+            // A newer verified binary may be staged, or this start may be a new version's trial (update.rs).
+            let boot = update::boot(&config.data_dir);
+            if let update::Boot::Exec(path) = &boot {
+                return Err(update::exec(path));
+            }
+            let data_dir = config.data_dir.clone();
             let rt = tokio::runtime::Runtime::new().context("starting the tokio runtime")?;
-            rt.block_on(async {
+            let ran = rt.block_on(async {
                 let shutdown = CancellationToken::new();
                 let trigger = shutdown.clone();
                 tokio::spawn(async move {
                     storesync_agent::shutdown_signal().await;
                     trigger.cancel();
                 });
-                storesync_agent::run(config, shutdown).await
-            })?;
-            Ok(ExitCode::SUCCESS)
+                storesync_agent::run_until(config, shutdown, boot.clone()).await
+            });
+            drop(rt);
+            let exit = match ran {
+                Ok(exit) => exit,
+                // A new version that cannot even start fails its health check: back to the previous binary.
+                Err(e) if boot == update::Boot::Trial => match update::finish_trial(&data_dir, Err(format!("{e:#}"))) {
+                    Ok(Some(previous)) => storesync_agent::Exit::Exec(previous),
+                    _ => return Err(e),
+                },
+                Err(e) => return Err(e),
+            };
+            match exit {
+                storesync_agent::Exit::Stopped => Ok(ExitCode::SUCCESS),
+                storesync_agent::Exit::Exec(path) => Err(update::exec(&path)),
+            }
         }
         Command::Enroll { hub, code, ca_cert } => {
             let config = Config::resolve(file, overrides, mode)?;

@@ -250,7 +250,7 @@ impl Link {
         };
         let req = UploadRequest {
             journal_id: js.journal_id.parse().map_err(|e| Failure::Refused(format!("journal id: {e}")))?,
-            agent_version: env!("CARGO_PKG_VERSION").to_owned(),
+            agent_version: crate::update::VERSION.to_owned(),
             // What will still be waiting once this batch is in (more may have been journaled since `js` was read).
             backlog: js.last_seq.saturating_sub(events.last().map_or(hub_seq, |e| e.seq)),
             oldest_unsynced_age_s: js.oldest_unsynced_age_s,

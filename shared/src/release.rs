@@ -91,6 +91,12 @@ impl Refusal {
     }
 }
 
+/// The archive's file name for a version and target. zipsign binds the archive signature to this name, so the
+/// publisher signs under it and the agent downloads under it.
+pub fn archive_name(version: &str, target: &str) -> String {
+    format!("storesync-agent-{version}-{target}.tar.gz")
+}
+
 /// Parses a public key given as standard base64 of its 32 bytes.
 pub fn parse_verifying_key(text: &str) -> Result<VerifyingKey, String> {
     let bytes = B64.decode(text.trim()).map_err(|e| format!("not base64: {e}"))?;
