@@ -660,7 +660,8 @@ fn judge(
         // Show which version was offered even when its signature is bad (never trusted, only named).
         (release::parse_manifest(&bytes).ok().map(|m| m.version), r)
     })?;
-    let st = UpdateState::load(data_dir).map_err(|e| (Some(m.version.clone()), Refusal::Malformed(format!("{e:#}"))))?;
+    let st =
+        UpdateState::load(data_dir).map_err(|e| (Some(m.version.clone()), Refusal::Malformed(format!("{e:#}"))))?;
     let view = AgentView {
         running: VERSION,
         highest_seen: st.highest_seen.as_deref(),
@@ -727,6 +728,15 @@ fn stage(
                 )))
             }
         });
+    // self_update sends the credential only to hosts named here, and only over https unless told otherwise; a
+    // plain-http hub (loopback, or behind a TLS proxy) already receives it on every sync request.
+    let parsed = reqwest::Url::parse(url).map_err(|e| failed(anyhow::Error::new(e).context("the archive URL")))?;
+    if let Some(host) = parsed.host_str() {
+        b.allow_auth_host(host);
+    }
+    if parsed.scheme() == "http" {
+        b.dangerously_allow_non_https_auth_forwarding();
+    }
     let ca = data_dir.join(crate::credential::CA_FILE);
     if let Ok(pem) = std::fs::read(&ca) {
         b.add_root_certificate(self_update::Certificate::from_pem(pem));

@@ -8,5 +8,6 @@ mod converge;
 mod faults;
 mod outage;
 mod packages;
+mod update;
 mod util;
 mod windows;
