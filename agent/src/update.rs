@@ -59,8 +59,9 @@ pub const TARGET: &str = env!("STORESYNC_TARGET");
 /// Public keys compiled in at build time: `STORESYNC_UPDATE_KEYS`, comma-separated base64.
 const COMPILED_KEYS: Option<&str> = option_env!("STORESYNC_UPDATE_KEYS");
 
-/// A fault compiled in on purpose (`STORESYNC_BUILD_FAULT=unhealthy`): the build fails its post-update health
-/// check. The update tests build such a binary to prove the rollback; release builds never set it.
+/// A fault compiled in on purpose: `STORESYNC_BUILD_FAULT=unhealthy` makes the build fail its post-update health
+/// check, `crash` makes it abort as a trial before confirming. The update tests build such binaries to prove both
+/// rollbacks; release builds never set it.
 const BUILD_FAULT: Option<&str> = option_env!("STORESYNC_BUILD_FAULT");
 
 /// Environment variable carrying how many update `exec`s led to this process (a loop guard).
@@ -386,6 +387,10 @@ pub async fn run(
     shutdown: CancellationToken,
 ) {
     if trial {
+        if BUILD_FAULT == Some("crash") {
+            tracing::error!("this build was made to crash as a trial (STORESYNC_BUILD_FAULT=crash)");
+            std::process::abort();
+        }
         let verdict = tokio::select! {
             () = shutdown.cancelled() => Err("stopped before its health check finished".to_owned()),
             v = tokio::time::timeout(cfg.health_timeout, health_check(addr)) => {

@@ -1,6 +1,6 @@
-//! Self-update end to end, with three real builds of the agent: this workspace's (0.1.0, playing the packaged
-//! binary), a 0.2.0 and a 0.3.0 that fails its health check, both built here with `STORESYNC_VERSION_OVERRIDE`
-//! and `STORESYNC_BUILD_FAULT`. Releases are signed with `storesync-hub release keygen|sign` and published to a
+//! Self-update end to end, with four real builds of the agent: this workspace's (0.1.0, playing the packaged
+//! binary), a 0.2.0, a 0.3.0 that fails its health check and a 0.4.0 that crashes before confirming, the last
+//! three built here with `STORESYNC_VERSION_OVERRIDE` and `STORESYNC_BUILD_FAULT`. Releases are signed with `storesync-hub release keygen|sign` and published to a
 //! real hub, which rolls them out; a till sells throughout, retrying each sale (same event id) while its agent
 //! restarts.
 //!
@@ -152,6 +152,21 @@ async fn wait_for_version(c: &reqwest::Client, url: &str, version: &str, agent: 
     panic!("the agent never ran {version} healthy; log:\n{}", storesync_tests::proc::tail(&agent.log));
 }
 
+/// Waits until the hub has halted the rollout of `version`.
+async fn wait_for_halt(hc: &reqwest::Client, hub: &str, version: &str) {
+    let mut stage = Value::Null;
+    for _ in 0..300 {
+        let v = get_json(hc, format!("{hub}/v1/admin/rollouts"), TOKEN).await;
+        let rollouts = v["rollouts"].as_array().unwrap();
+        stage = rollouts.iter().find(|r| r["version"] == version).map(|r| r["stage"].clone()).unwrap_or_default();
+        if stage == "halted" {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("the rollout of {version} is {stage}, not halted, after the canary's rollback");
+}
+
 /// A stand-in for a compromised hub: offers one canned release to whoever asks.
 async fn hostile_hub(offer: Value) -> (String, tokio::task::JoinHandle<()>) {
     use axum::routing::{get, post};
@@ -208,16 +223,16 @@ async fn signed_updates_install_refuse_and_roll_back_while_the_till_sells() {
     let tmp = tempfile::tempdir().unwrap();
     let root = tmp.path();
     // The builds: A is this workspace's agent, copied where a package would put it.
-    let (a, b, c_bin) =
-        (root.join("pkg/storesync-agent"), root.join("b/storesync-agent"), root.join("c/storesync-agent"));
-    for p in [&a, &b, &c_bin] {
+    let [a, b, c_bin, d_bin] = ["pkg", "b", "c", "d"].map(|d| root.join(d).join("storesync-agent"));
+    for p in [&a, &b, &c_bin, &d_bin] {
         std::fs::create_dir_all(p.parent().unwrap()).unwrap();
     }
     std::fs::copy(bin("storesync-agent"), &a).unwrap();
-    let (b2, c2) = (b.clone(), c_bin.clone());
+    let (b2, c2, d2) = (b.clone(), c_bin.clone(), d_bin.clone());
     tokio::task::spawn_blocking(move || {
         build_agent(&[("STORESYNC_VERSION_OVERRIDE", "0.2.0")], &b2);
         build_agent(&[("STORESYNC_VERSION_OVERRIDE", "0.3.0"), ("STORESYNC_BUILD_FAULT", "unhealthy")], &c2);
+        build_agent(&[("STORESYNC_VERSION_OVERRIDE", "0.4.0"), ("STORESYNC_BUILD_FAULT", "crash")], &d2);
     })
     .await
     .unwrap();
@@ -349,26 +364,32 @@ async fn signed_updates_install_refuse_and_roll_back_while_the_till_sells() {
     assert!(!rolled_back.is_null(), "0.3.0 was never rolled back; log:\n{}", storesync_tests::proc::tail(&agent.log));
     let log = std::fs::read_to_string(&agent.log).unwrap();
     assert!(log.contains("failed its health check"), "the rollback is logged");
-    let mut stage = Value::Null;
-    for _ in 0..300 {
-        let v = get_json(&hc, format!("{}/v1/admin/rollouts", hub.url), TOKEN).await;
-        stage = v["rollouts"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|r| r["version"] == "0.3.0")
-            .map(|r| r["stage"].clone())
-            .unwrap_or_default();
-        if stage == "halted" {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    assert_eq!(stage, "halted", "the canary's rollback halts the rollout");
+    wait_for_halt(&hc, &hub.url, "0.3.0").await;
     assert_eq!(check_now(&c, &url).await["outcome"], "up_to_date", "a halted rollout offers nothing");
     assert_eq!(agent.child.id(), pid);
 
-    // Every sale acknowledged through the two restarts is in the journal once, and reaches the hub once.
+    // A new version that crashes before confirming: the process dies; the service manager (here, the test, as
+    // systemd's Restart=on-failure would) starts the packaged binary, which finds the dead trial and rolls back.
+    let crash_d = sign(root, &keys.join("release.key"), &d_bin, "0.4.0");
+    publish(&hc, &hub.url, &crash_d).await;
+    roll_out(&hc, &hub.url, "0.4.0").await;
+    let got = check_now(&c, &url).await;
+    assert_eq!(got["outcome"], "installing", "{got}");
+    let exit = agent.child.wait().unwrap();
+    assert!(!exit.success(), "the crashing build dies: {exit}");
+    let mut cmd = Command::new(&a);
+    cmd.args(["run", "--listen", &format!("127.0.0.1:{port}")])
+        .arg("--data-dir")
+        .arg(&data)
+        .arg("--config")
+        .arg(&config);
+    isolate(&mut cmd, &data);
+    agent = Running::start(cmd, &data.join("agent.log"));
+    let s = wait_for_version(&c, &url, "0.2.0", &mut agent).await;
+    assert!(s["update"]["rolled_back"].as_array().unwrap().iter().any(|v| v == "0.4.0"), "{s}");
+    wait_for_halt(&hc, &hub.url, "0.4.0").await;
+
+    // Every sale acknowledged through the restarts is in the journal once, and reaches the hub once.
     stop.store(true, Ordering::SeqCst);
     let acked = seller.await.unwrap();
     assert!(acked.len() >= 20, "the till sold throughout ({} sales)", acked.len());
@@ -384,7 +405,7 @@ async fn signed_updates_install_refuse_and_roll_back_while_the_till_sells() {
     let spread = get_json(&hc, format!("{}/v1/admin/rollouts", hub.url), TOKEN).await["version_spread"].clone();
     assert_eq!(spread, json!([{"version": "0.2.0", "tills": 1}]), "the fleet view shows the version that runs");
     eprintln!(
-        "self-update: {} sales acknowledged through 3 restarts (install, install, rollback), all journaled once and uploaded once; 7 refusals",
+        "self-update: {} sales acknowledged through 6 restarts (install, install, rollback, install, crash, rollback), all journaled once and uploaded once; 7 refusals",
         acked.len()
     );
     agent.stop();
