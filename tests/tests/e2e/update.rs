@@ -152,6 +152,14 @@ async fn wait_for_version(c: &reqwest::Client, url: &str, version: &str, agent: 
     panic!("the agent never ran {version} healthy; log:\n{}", storesync_tests::proc::tail(&agent.log));
 }
 
+/// Starts the packaged binary `a` as the service would, on a fixed port.
+fn start_packaged(a: &Path, port: u16, data: &Path, config: &Path) -> Running {
+    let mut cmd = Command::new(a);
+    cmd.args(["run", "--listen", &format!("127.0.0.1:{port}")]).arg("--data-dir").arg(data).arg("--config").arg(config);
+    isolate(&mut cmd, data);
+    Running::start(cmd, &data.join("agent.log"))
+}
+
 /// Waits until the hub has halted the rollout of `version`.
 async fn wait_for_halt(hc: &reqwest::Client, hub: &str, version: &str) {
     let mut stage = Value::Null;
@@ -261,14 +269,8 @@ async fn signed_updates_install_refuse_and_roll_back_while_the_till_sells() {
     .unwrap();
     // A fixed port: the POS keeps talking to the same address across restarts.
     let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    let mut cmd = Command::new(&a);
-    cmd.args(["run", "--listen", &format!("127.0.0.1:{port}")])
-        .arg("--data-dir")
-        .arg(&data)
-        .arg("--config")
-        .arg(&config);
-    isolate(&mut cmd, &data);
-    let mut agent = Running::start(cmd, &data.join("agent.log"));
+    let start = || start_packaged(&a, port, &data, &config);
+    let mut agent = start();
     let url = agent.url.clone();
     let pid = agent.child.id();
     let c = client();
@@ -377,14 +379,7 @@ async fn signed_updates_install_refuse_and_roll_back_while_the_till_sells() {
     assert_eq!(got["outcome"], "installing", "{got}");
     let exit = agent.child.wait().unwrap();
     assert!(!exit.success(), "the crashing build dies: {exit}");
-    let mut cmd = Command::new(&a);
-    cmd.args(["run", "--listen", &format!("127.0.0.1:{port}")])
-        .arg("--data-dir")
-        .arg(&data)
-        .arg("--config")
-        .arg(&config);
-    isolate(&mut cmd, &data);
-    agent = Running::start(cmd, &data.join("agent.log"));
+    agent = start();
     let s = wait_for_version(&c, &url, "0.2.0", &mut agent).await;
     assert!(s["update"]["rolled_back"].as_array().unwrap().iter().any(|v| v == "0.4.0"), "{s}");
     wait_for_halt(&hc, &hub.url, "0.4.0").await;
