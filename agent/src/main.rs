@@ -47,6 +47,12 @@ enum ServiceAction {
     Stop,
     /// The service's entry point, called by the service control manager.
     Run,
+    /// Stop the service, wait until it has stopped, and start it again.
+    Restart {
+        /// Do not ask it to stop: it is stopping by itself (a self-update spawns this before it stops).
+        #[arg(long)]
+        after_stop: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -187,7 +193,8 @@ fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
             // A newer verified binary may be staged, or this start may be a new version's trial (update.rs).
             let boot = update::boot(&config.data_dir);
             if let update::Boot::Exec(path) = &boot {
-                return Err(update::exec(path));
+                update::restart_into(path)?;
+                return Ok(ExitCode::SUCCESS);
             }
             let data_dir = config.data_dir.clone();
             let rt = tokio::runtime::Runtime::new().context("starting the tokio runtime")?;
@@ -210,10 +217,10 @@ fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
                 },
                 Err(e) => return Err(e),
             };
-            match exit {
-                storesync_agent::Exit::Stopped => Ok(ExitCode::SUCCESS),
-                storesync_agent::Exit::Exec(path) => Err(update::exec(&path)),
+            if let storesync_agent::Exit::Exec(path) = exit {
+                update::restart_into(&path)?;
             }
+            Ok(ExitCode::SUCCESS)
         }
         Command::Enroll { hub, code, ca_cert } => {
             let config = Config::resolve(file, overrides, mode)?;
@@ -310,6 +317,7 @@ fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
                 ServiceAction::Uninstall => storesync_agent::service::uninstall()?,
                 ServiceAction::Start => storesync_agent::service::start()?,
                 ServiceAction::Stop => storesync_agent::service::stop()?,
+                ServiceAction::Restart { after_stop } => storesync_agent::service::restart(after_stop)?,
                 ServiceAction::Run => {
                     storesync_agent::service::run_as_service(Config::resolve(file, overrides, mode)?)?;
                 }

@@ -9,6 +9,9 @@
 //!   [`crate::run`], so a service stop drains in-flight requests and commits exactly as ctrl-c does.
 //! - The service restarts on failure (three restarts, 5 s apart, counted over a day), including a non-zero exit
 //!   such as the 70 of a stopped journal writer, like `Restart=on-failure` in the systemd unit.
+//! - Self-update on Windows (see `update.rs`): the service swaps the new `.exe` into its own place, spawns
+//!   `service restart --after-stop` detached, and reports stopped; that helper waits for the stop and starts the
+//!   service again, so the service control manager starts the new version. Rollbacks take the same path.
 
 #[cfg(not(windows))]
 use crate::config::Config;
@@ -45,12 +48,17 @@ pub fn stop() -> anyhow::Result<()> {
 }
 
 #[cfg(not(windows))]
+pub fn restart(_after_stop: bool) -> anyhow::Result<()> {
+    windows_only()
+}
+
+#[cfg(not(windows))]
 pub fn run_as_service(_config: Config) -> anyhow::Result<()> {
     windows_only()
 }
 
 #[cfg(windows)]
-pub use windows::{install, run_as_service, start, stop, uninstall};
+pub use windows::{install, restart, run_as_service, start, stop, uninstall};
 
 #[cfg(windows)]
 #[allow(unsafe_code)] // define_windows_service! expands to the extern "system" entry point the manager calls
@@ -72,6 +80,7 @@ mod windows {
 
     use super::SERVICE_NAME;
     use crate::config::Config;
+    use crate::update;
 
     /// The configuration `service run` resolved, for the entry point the manager calls (it takes no arguments of
     /// ours).
@@ -148,6 +157,45 @@ mod windows {
         Ok(())
     }
 
+    /// `service restart`: stops the service (unless `after_stop`: it is already stopping by itself, as after a
+    /// self-update), waits until it has stopped, and starts it.
+    pub fn restart(after_stop: bool) -> anyhow::Result<()> {
+        let m = manager(ServiceManagerAccess::CONNECT)?;
+        let service = m
+            .open_service(SERVICE_NAME, ServiceAccess::QUERY_STATUS | ServiceAccess::STOP | ServiceAccess::START)
+            .context("opening the service")?;
+        if !after_stop && service.query_status()?.current_state != ServiceState::Stopped {
+            service.stop().context("stopping the service")?;
+        }
+        // The drain deadline is at most 300 s; give the stop that long and a little more.
+        let deadline = std::time::Instant::now() + Duration::from_secs(330);
+        while service.query_status()?.current_state != ServiceState::Stopped {
+            if std::time::Instant::now() > deadline {
+                anyhow::bail!("the service did not stop within 330 s; not starting it again");
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        service.start::<&str>(&[]).context("starting the service")?;
+        println!("service {SERVICE_NAME} restarted");
+        Ok(())
+    }
+
+    /// Has the service control manager start the service again once this process has stopped it.
+    fn restart_after_stop() -> anyhow::Result<()> {
+        use std::os::windows::process::CommandExt;
+        const DETACHED_PROCESS: u32 = 0x0000_0008;
+        let exe = std::env::current_exe().context("locating this executable")?;
+        std::process::Command::new(&exe)
+            .args(["service", "restart", "--after-stop"])
+            .creation_flags(DETACHED_PROCESS)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .with_context(|| format!("starting {} service restart", exe.display()))?;
+        Ok(())
+    }
+
     pub fn stop() -> anyhow::Result<()> {
         let m = manager(ServiceManagerAccess::CONNECT)?;
         let service = m.open_service(SERVICE_NAME, ServiceAccess::STOP).context("opening the service")?;
@@ -209,9 +257,30 @@ mod windows {
         .context("registering the service control handler")?;
         let _ = cell.set(handle);
         handle.set_service_status(status(ServiceState::Running, 0, Duration::ZERO))?;
-        let result = tokio::runtime::Runtime::new()
-            .context("starting the tokio runtime")
-            .and_then(|rt| rt.block_on(crate::run(config, shutdown)));
+        let data_dir = config.data_dir.clone();
+        // A trial that died before confirming is rolled back here (update::boot), before anything else runs.
+        let boot = update::boot(&data_dir);
+        let ran = match &boot {
+            update::Boot::Exec(path) => Ok(crate::Exit::Exec(path.clone())),
+            _ => tokio::runtime::Runtime::new()
+                .context("starting the tokio runtime")
+                .and_then(|rt| rt.block_on(crate::run_until(config, shutdown, boot.clone()))),
+        };
+        let ran = match ran {
+            // A new version that cannot even start fails its health check: back to the previous binary.
+            Err(e) if boot == update::Boot::Trial => match update::finish_trial(&data_dir, Err(format!("{e:#}"))) {
+                Ok(Some(previous)) => Ok(crate::Exit::Exec(previous)),
+                _ => Err(e),
+            },
+            other => other,
+        };
+        let result = match ran {
+            Ok(crate::Exit::Stopped) => Ok(()),
+            Ok(crate::Exit::Exec(path)) => update::swap_in(&path).and_then(|()| restart_after_stop()).map(|()| {
+                tracing::info!(binary = %path.display(), "self-update: swapped in; the service restarts into it");
+            }),
+            Err(e) => Err(e),
+        };
         let exit = match &result {
             Ok(()) => 0,
             Err(e) => {

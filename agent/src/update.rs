@@ -27,8 +27,12 @@
 //!   binary, whose [`boot`] finds a trial that started and never confirmed, and rolls back the same way.
 //! - **Reports.** Installed, rolled-back and refused releases are reported to the hub, which halts a rollout
 //!   when its canary regresses. Reports of installs and rollbacks wait in the state file until delivered.
-//! - **Windows.** A running `.exe` cannot `exec` another; self-update is refused there at start-up rather than
-//!   half done.
+//! - **Windows.** A running `.exe` can neither be overwritten nor `exec` another. The verified binary is swapped
+//!   into the installed `.exe`'s place instead (`self-replace` moves the running file aside), a copy of the old one
+//!   is kept in `<data>\update\bin` for a rollback, and the service stops and has itself started again by the
+//!   service control manager (`service restart`, spawned detached just before it reports stopped). A rollback swaps
+//!   the copy back the same way; a trial that crashes is restarted by the service's failure actions and rolls back
+//!   at that start.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -129,17 +133,11 @@ impl UpdateConfig {
                  public key from `storesync-hub release keygen` (or update_enabled = false to run without updates)"
             );
         }
-        let mut disabled_because = match enabled {
+        let disabled_because = match enabled {
             Some(false) => Some("update_enabled = false in agent.toml".to_owned()),
             _ if parsed.is_empty() => Some("no update key is compiled in or configured".to_owned()),
             _ => None,
         };
-        if disabled_because.is_none() && cfg!(windows) {
-            if enabled == Some(true) {
-                bail!("self-update is not supported on Windows yet; set update_enabled = false");
-            }
-            disabled_because = Some("self-update is not supported on Windows yet".into());
-        }
         Ok(UpdateConfig {
             enabled: disabled_because.is_none(),
             keys: parsed,
@@ -320,8 +318,10 @@ fn decide(state: &mut UpdateState, me: &str, my_path: Option<&Path>, exists: imp
     }
 }
 
-/// Replaces this process with `path`, same arguments (Unix). Only returns on failure.
-pub fn exec(path: &Path) -> anyhow::Error {
+/// Restarts a console (or systemd) run into `path`, same arguments. Unix: `exec` in the same process, so it only
+/// returns on failure. Windows: `path` is swapped into the running `.exe`'s place ([`swap_in`]) and started as a
+/// new process; this one then exits.
+pub fn restart_into(path: &Path) -> anyhow::Result<()> {
     let depth: u32 = std::env::var(EXEC_DEPTH_ENV).ok().and_then(|d| d.parse().ok()).unwrap_or(0);
     tracing::info!(binary = %path.display(), "restarting into the self-update binary");
     #[cfg(unix)]
@@ -331,13 +331,31 @@ pub fn exec(path: &Path) -> anyhow::Error {
             .args(std::env::args_os().skip(1))
             .env(EXEC_DEPTH_ENV, (depth + 1).to_string())
             .exec();
-        anyhow::Error::new(err).context(format!("starting {}", path.display()))
+        Err(anyhow::Error::new(err).context(format!("starting {}", path.display())))
     }
     #[cfg(not(unix))]
     {
-        let _ = depth;
-        anyhow::anyhow!("cannot restart into {}: self-update is not supported on this platform", path.display())
+        swap_in(path)?;
+        let me = std::env::current_exe().context("locating this executable")?;
+        std::process::Command::new(&me)
+            .args(std::env::args_os().skip(1))
+            .env(EXEC_DEPTH_ENV, (depth + 1).to_string())
+            .spawn()
+            .with_context(|| format!("starting {}", me.display()))?;
+        Ok(())
     }
+}
+
+/// Windows: a running `.exe` cannot be replaced or exec'd, but it can be moved aside. Puts `path` in the running
+/// executable's place (the `self-replace` crate: the old file is renamed, the new one moved in); the service
+/// manager, or [`restart_into`], then starts it. Nothing to do when `path` already is the running executable.
+#[cfg(windows)]
+pub fn swap_in(path: &Path) -> anyhow::Result<()> {
+    let me = std::env::current_exe().context("locating this executable")?;
+    if std::fs::canonicalize(&me).ok() == std::fs::canonicalize(path).ok() {
+        return Ok(());
+    }
+    self_replace::self_replace(path).with_context(|| format!("putting {} in place of {}", path.display(), me.display()))
 }
 
 /// What `POST /v1/update/check` and the schedule report.
@@ -400,7 +418,7 @@ pub async fn run(
         match finish_trial(&state.data_dir, verdict) {
             Ok(None) => {}
             Ok(Some(previous)) => {
-                restart_into(&state, previous, &shutdown);
+                request_restart(&state, previous, &shutdown);
                 return;
             }
             Err(e) => tracing::error!(error = %format!("{e:#}"), "cannot record the health check's outcome"),
@@ -426,7 +444,7 @@ pub async fn run(
             let _ = reply.send(result);
         }
         if let Some(path) = restart {
-            restart_into(&state, path, &shutdown);
+            request_restart(&state, path, &shutdown);
             break;
         }
         let jitter = cfg.check_interval.as_secs() / 10;
@@ -437,7 +455,7 @@ pub async fn run(
     tracing::debug!("update task stopped");
 }
 
-fn restart_into(state: &AgentState, path: PathBuf, shutdown: &CancellationToken) {
+fn request_restart(state: &AgentState, path: PathBuf, shutdown: &CancellationToken) {
     if let Ok(mut r) = state.restart_into.lock() {
         *r = Some(path);
     }
@@ -765,20 +783,35 @@ fn stage(
         }
         Err(e) => return Err(failed(anyhow::Error::new(e).context("downloading the release"))),
     }
-    let path = bin_dir.join(format!("storesync-agent-{}", m.version));
+    let path = bin_dir.join(staged_name(&m.version));
     let fin = || -> anyhow::Result<()> {
         #[cfg(unix)]
         {
             use std::os::unix::fs::PermissionsExt;
             std::fs::set_permissions(&incoming, std::fs::Permissions::from_mode(0o755))?;
         }
-        std::fs::File::open(&incoming)?.sync_all()?;
+        sync_file(&incoming)?;
         std::fs::rename(&incoming, &path)?;
+        #[cfg(unix)]
         std::fs::File::open(&bin_dir)?.sync_all()?;
         let mut st = UpdateState::load(data_dir)?;
         let me = std::env::current_exe().context("locating the running binary")?;
-        st.previous = Some(Installed { version: VERSION.into(), path: me });
-        st.active = Some(Installed { version: m.version.clone(), path: path.clone() });
+        if cfg!(windows) {
+            // The service manager starts the installed .exe, so the new version is swapped into its place
+            // (`swap_in`) and a copy of the running one is kept for a rollback.
+            let keep = bin_dir.join(staged_name(VERSION));
+            if !keep.is_file() {
+                let tmp = bin_dir.join(format!(".incoming-{VERSION}"));
+                std::fs::copy(&me, &tmp).context("keeping a copy of the running binary")?;
+                sync_file(&tmp)?;
+                std::fs::rename(&tmp, &keep)?;
+            }
+            st.previous = Some(Installed { version: VERSION.into(), path: keep });
+            st.active = Some(Installed { version: m.version.clone(), path: me });
+        } else {
+            st.previous = Some(Installed { version: VERSION.into(), path: me });
+            st.active = Some(Installed { version: m.version.clone(), path: path.clone() });
+        }
         st.trial = Some(Trial {
             version: m.version.clone(),
             starts: 0,
@@ -790,6 +823,16 @@ fn stage(
     fin().map_err(|e| failed(e.context("installing the verified binary")))?;
     tracing::info!(version = %m.version, binary = %path.display(), "self-update staged; restarting into it");
     Ok(path)
+}
+
+/// Flushes a file to disk (opened for writing: Windows flushes only a writable handle).
+fn sync_file(path: &Path) -> std::io::Result<()> {
+    std::fs::OpenOptions::new().write(true).open(path)?.sync_all()
+}
+
+/// A staged binary's file name.
+fn staged_name(version: &str) -> String {
+    format!("storesync-agent-{version}{}", std::env::consts::EXE_SUFFIX)
 }
 
 /// The one release the hub offered, as a `self_update` release source.
@@ -909,7 +952,7 @@ mod tests {
         assert!(!off.enabled && off.disabled_because.is_some());
         let key = release::encode_verifying_key(&ed25519_dalek::SigningKey::from_bytes(&[1; 32]).verifying_key());
         let on = UpdateConfig::resolve(None, Some(std::slice::from_ref(&key)), Some(60), Some(5)).unwrap();
-        assert_eq!(on.enabled, cfg!(unix));
+        assert!(on.enabled);
         assert_eq!(on.keys.len(), 1);
         let off = UpdateConfig::resolve(Some(false), Some(&[key]), None, None).unwrap();
         assert!(!off.enabled);

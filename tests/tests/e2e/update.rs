@@ -46,7 +46,7 @@ fn build_agent(env: &[(&str, &str)], out: &Path) {
     std::fs::copy(target_dir.join("debug").join("storesync-agent"), out).expect("copying the built agent");
 }
 
-fn hub_cli(args: &[&str], dir: &Path) -> String {
+pub(crate) fn hub_cli(args: &[&str], dir: &Path) -> String {
     let mut cmd = Command::new(bin("storesync-hub"));
     cmd.args(args);
     isolate(&mut cmd, dir);
@@ -56,14 +56,19 @@ fn hub_cli(args: &[&str], dir: &Path) -> String {
 }
 
 /// A release as files: the signed archive, `manifest.json` and `manifest.sig`.
-struct Published {
+pub(crate) struct Published {
     archive: Vec<u8>,
     manifest: Vec<u8>,
     signature: Option<String>,
 }
 
-/// `storesync-hub release sign` for `binary` as `version`.
+/// `storesync-hub release sign` for `binary` as `version` for this agent's target.
 fn sign(dir: &Path, key: &Path, binary: &Path, version: &str) -> Published {
+    sign_for(dir, key, binary, version, storesync_agent::update::TARGET)
+}
+
+/// `storesync-hub release sign` for `binary` as `version` for `target`.
+pub(crate) fn sign_for(dir: &Path, key: &Path, binary: &Path, version: &str, target: &str) -> Published {
     let out = dir.join(format!("release-{version}"));
     hub_cli(
         &[
@@ -76,13 +81,13 @@ fn sign(dir: &Path, key: &Path, binary: &Path, version: &str) -> Published {
             "--version",
             version,
             "--target",
-            storesync_agent::update::TARGET,
+            target,
             "--out",
             out.to_str().unwrap(),
         ],
         dir,
     );
-    let name = release::archive_name(version, storesync_agent::update::TARGET);
+    let name = release::archive_name(version, target);
     Published {
         archive: std::fs::read(out.join(name)).unwrap(),
         manifest: std::fs::read(out.join("manifest.json")).unwrap(),
@@ -109,7 +114,7 @@ fn forge(archive: &[u8], key: Option<&str>, edit: impl FnOnce(&mut ReleaseManife
     Published { archive: archive.to_vec(), manifest: bytes, signature }
 }
 
-async fn publish(c: &reqwest::Client, hub: &str, p: &Published) {
+pub(crate) async fn publish(c: &reqwest::Client, hub: &str, p: &Published) {
     let mut form = reqwest::multipart::Form::new()
         .part("manifest", reqwest::multipart::Part::bytes(p.manifest.clone()).file_name("manifest.json"))
         .part("archive", reqwest::multipart::Part::bytes(p.archive.clone()).file_name("archive.tar.gz"));
@@ -122,13 +127,18 @@ async fn publish(c: &reqwest::Client, hub: &str, p: &Published) {
 }
 
 async fn roll_out(c: &reqwest::Client, hub: &str, version: &str) {
-    let body = json!({"version": version, "target": storesync_agent::update::TARGET, "canary_percent": 100});
+    roll_out_for(c, hub, version, storesync_agent::update::TARGET).await;
+}
+
+/// Starts a rollout of `version` for `target` to every store (canary 100 %).
+pub(crate) async fn roll_out_for(c: &reqwest::Client, hub: &str, version: &str, target: &str) {
+    let body = json!({"version": version, "target": target, "canary_percent": 100});
     let r = c.post(format!("{hub}/v1/admin/rollouts")).bearer_auth(TOKEN).json(&body).send().await.unwrap();
     let status = r.status();
     assert!(status.is_success(), "rollout of {version}: {status} {}", r.text().await.unwrap());
 }
 
-async fn check_now(c: &reqwest::Client, agent: &str) -> Value {
+pub(crate) async fn check_now(c: &reqwest::Client, agent: &str) -> Value {
     let r = c.post(format!("{agent}/v1/update/check")).send().await.unwrap();
     assert!(r.status().is_success(), "update check: {}", r.status());
     r.json().await.unwrap()
@@ -161,7 +171,7 @@ fn start_packaged(a: &Path, port: u16, data: &Path, config: &Path) -> Running {
 }
 
 /// Waits until the hub has halted the rollout of `version`.
-async fn wait_for_halt(hc: &reqwest::Client, hub: &str, version: &str) {
+pub(crate) async fn wait_for_halt(hc: &reqwest::Client, hub: &str, version: &str) {
     let mut stage = Value::Null;
     for _ in 0..300 {
         let v = get_json(hc, format!("{hub}/v1/admin/rollouts"), TOKEN).await;

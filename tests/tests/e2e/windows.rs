@@ -4,7 +4,12 @@
 //! `service start|stop|install|uninstall` verbs, and its journal survives every stop and a reinstall. The Linux agent then verifies
 //! that very journal file.
 //!
-//! What Wine cannot show (docs/OPERATIONS.md): real Windows file locking and ACLs, replacing a running `.exe`, the
+//! A second test updates the service itself: a real 0.2.0 Windows build is swapped into the running `.exe`'s place
+//! and the service restarts through the service control manager; a 0.3.0 that fails its health check is rolled
+//! back the same way.
+//!
+//! What Wine cannot show (docs/OPERATIONS.md): real Windows file locking and ACLs (Wine lets the running `.exe` be
+//! moved aside as Windows does, but is not Windows), the
 //! service running as LocalSystem at boot, and the recovery actions after a failure (Wine's service manager keeps
 //! the crash actions but does not act on them, and refuses the "also on a non-zero exit" flag, which
 //! `service install` then reports as a warning).
@@ -13,11 +18,13 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use storesync_tests::proc::{agent_cli, require_tool};
+use serde_json::Value;
+use storesync_tests::proc::{agent_cli, enroll_code, require_tool, start_hub};
 use storesync_tests::sales::sale;
 use uuid::Uuid;
 
-use crate::util::client;
+use crate::update::{check_now, hub_cli, publish, roll_out_for, sign_for, wait_for_halt};
+use crate::util::{TOKEN, client, hub_client, status};
 
 fn wine() -> Option<PathBuf> {
     let fixed = PathBuf::from("/usr/lib/wine/wine64");
@@ -257,6 +264,171 @@ async fn the_windows_agent_sells_and_runs_as_a_service_under_wine() {
     assert!(stdout.contains(&format!("journal intact: {} events", sold.len())), "{stdout}");
     println!(
         "windows under wine: {} sales over 4 runs (console, net start, service start, reinstalled service); journal verified",
+        sold.len()
+    );
+}
+
+/// Polls the agent at `url` until it runs `version` with no trial in progress and `done` holds for its status.
+async fn wait_for_status(
+    c: &reqwest::Client,
+    url: &str,
+    what: &str,
+    log: &Path,
+    done: impl Fn(&Value) -> bool,
+) -> Value {
+    let start = Instant::now();
+    loop {
+        if let Ok(r) = c.get(format!("{url}/v1/status")).timeout(Duration::from_secs(2)).send().await
+            && let Ok(v) = r.json::<Value>().await
+            && done(&v)
+        {
+            return v;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(240),
+            "{what}: waited 240 s; service logs:\n{}",
+            std::fs::read_dir(log)
+                .map(|d| d.flatten().map(|e| std::fs::read_to_string(e.path()).unwrap_or_default()).collect::<String>())
+                .unwrap_or_default()
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+}
+
+/// Self-update of the Windows service under Wine: a real 0.2.0 build is swapped into the running service's
+/// `.exe` and the service restarts itself through the service control manager; a 0.3.0 built to fail its health
+/// check is rolled back the same way. Sales are posted between the steps and all survive.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_windows_service_updates_itself_and_rolls_back_under_wine() {
+    const TARGET: &str = "x86_64-pc-windows-gnu";
+    let (Some(wine), Some(built)) = (wine(), windows_agent()) else {
+        require_tool("Wine (`wine64`) and the Windows agent (`.ci/windows/build.sh` builds it)", false);
+        return;
+    };
+    let (good, bad) = (
+        built.with_file_name("storesync-agent-0.2.0.exe"),
+        built.with_file_name("storesync-agent-0.3.0-unhealthy.exe"),
+    );
+    if !require_tool(
+        "the Windows agent's update builds (`.ci/windows/build.sh --update-builds` makes them)",
+        good.exists() && bad.exists(),
+    ) {
+        return;
+    }
+    let root = tempfile::tempdir().unwrap();
+    let r = root.path();
+    let hub_dir = r.join("hub");
+    let hub = start_hub(&hub_dir, "127.0.0.1:0", None, TOKEN);
+    let hc = hub_client(None);
+    let keys = r.join("keys");
+    let public = hub_cli(&["release", "keygen", "--out", keys.to_str().unwrap()], r);
+    let public = public.lines().last().unwrap().trim().to_owned();
+
+    let bin = r.join("bin");
+    std::fs::create_dir_all(&bin).unwrap();
+    let exe = bin.join("storesync-agent.exe");
+    std::fs::copy(&built, &exe).unwrap();
+    std::fs::copy(built.with_file_name("bcryptprimitives.dll"), bin.join("bcryptprimitives.dll")).unwrap();
+    let guard = Prefix { wine: &wine, path: r.join("prefix") };
+    let prefix = guard.path.clone();
+    let data = r.join("data");
+    let port = free_port();
+    let url = format!("http://127.0.0.1:{port}");
+    let c = client();
+
+    let code = enroll_code(&hub_dir, "S-WIN", "T1");
+    let out = wine_command(&wine, &prefix)
+        .arg(&exe)
+        .args(["--data-dir", &z(&data), "enroll", "--hub", &hub.url, "--code", &code])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "enrolling under Wine: {}", String::from_utf8_lossy(&out.stderr));
+    // Wine lacks bcryptprimitives.dll, which every Rust program imports. Beside the installed .exe the shim does;
+    // a downloaded release runs (`--version`) from elsewhere first, so it goes in the prefix's system32 too.
+    let system32 = prefix.join("drive_c/windows/system32");
+    std::fs::copy(built.with_file_name("bcryptprimitives.dll"), system32.join("bcryptprimitives.dll")).unwrap();
+    let config = r.join("agent.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "data_dir = '{}'\nlisten = \"127.0.0.1:{port}\"\nupdate_keys = [\"{public}\"]\n\
+             update_check_interval_s = 86400\nupdate_health_timeout_s = 60\n",
+            z(&data)
+        ),
+    )
+    .unwrap();
+    let agent = format!("{} --config {}", z(&exe), z(&config));
+    let flag = r.join("go");
+    let script = [
+        "@echo off".to_owned(),
+        format!("sc create storesync-agent binPath= \"{agent} service run\""),
+        "net start storesync-agent".into(),
+        "echo MARK started".into(),
+        format!(":wait\r\nif exist {} goto go\r\nping -n 2 127.0.0.1 >NUL\r\ngoto wait\r\n:go", z(&flag)),
+        "net stop storesync-agent".into(),
+        "echo MARK done".into(),
+        "exit /b 0".into(),
+    ]
+    .join("\r\n");
+    let bat = r.join("service.bat");
+    std::fs::write(&bat, script + "\r\n").unwrap();
+    let session_log = r.join("session.log");
+    let mut session = wine_command(&wine, &prefix)
+        .args(["cmd", "/c", &z(&bat)])
+        .stdout(std::fs::File::create(&session_log).unwrap())
+        .stderr(std::fs::File::create(r.join("session.err")).unwrap())
+        .spawn()
+        .unwrap();
+    let logs = data.join("logs");
+    wait_until(&c, &url, true, "the service to answer", &session_log).await;
+    let s = status(&c, &url).await;
+    assert_eq!(
+        (s["version"].as_str(), s["target"].as_str(), s["update"]["enabled"].as_bool()),
+        (Some("0.1.0"), Some(TARGET), Some(true)),
+        "{s}"
+    );
+    let mut sold = sell(&c, &url, 10).await;
+
+    // 0.2.0: verified, swapped into the service's .exe, and started again by the service control manager.
+    publish(&hc, &hub.url, &sign_for(r, &keys.join("release.key"), &good, "0.2.0", TARGET)).await;
+    roll_out_for(&hc, &hub.url, "0.2.0", TARGET).await;
+    let got = check_now(&c, &url).await;
+    assert_eq!(got["outcome"], "installing", "{got}");
+    wait_for_status(&c, &url, "0.2.0 to run healthy", &logs, |v| {
+        v["version"] == "0.2.0" && v["update"]["trial"].is_null()
+    })
+    .await;
+    assert_eq!(journal_ids(&c, &url).await, sold, "the journal survived the update");
+    sold.extend(sell(&c, &url, 10).await);
+
+    // 0.3.0 fails its health check: the 0.2.0 kept aside is swapped back and the service restarted again.
+    publish(&hc, &hub.url, &sign_for(r, &keys.join("release.key"), &bad, "0.3.0", TARGET)).await;
+    roll_out_for(&hc, &hub.url, "0.3.0", TARGET).await;
+    let got = check_now(&c, &url).await;
+    assert_eq!(got["outcome"], "installing", "{got}");
+    wait_for_status(&c, &url, "0.3.0 to be rolled back", &logs, |v| {
+        v["version"] == "0.2.0" && v["update"]["rolled_back"].as_array().is_some_and(|r| r.iter().any(|x| x == "0.3.0"))
+    })
+    .await;
+    wait_for_halt(&hc, &hub.url, "0.3.0").await;
+    assert_eq!(journal_ids(&c, &url).await, sold, "the journal survived the rollback");
+    sold.extend(sell(&c, &url, 10).await);
+
+    std::fs::write(&flag, b"").unwrap();
+    let start = Instant::now();
+    while session.try_wait().unwrap().is_none() {
+        assert!(start.elapsed() < Duration::from_secs(180), "the Wine session did not finish");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    let text: String =
+        std::fs::read_dir(&logs).unwrap().flatten().map(|e| std::fs::read_to_string(e.path()).unwrap()).collect();
+    assert_eq!(text.matches("the service restarts into it").count(), 3, "install, install, rollback:\n{text}");
+    assert!(text.contains("failed its health check"), "{text}");
+    let out = agent_cli(&data, &["verify-journal"]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains(&format!("journal intact: {} events", sold.len())), "{stdout}");
+    println!(
+        "windows self-update under wine: 0.1.0 → 0.2.0 → 0.3.0 rolled back to 0.2.0; {} sales, journal verified",
         sold.len()
     );
 }
