@@ -24,7 +24,8 @@ use uuid::Uuid;
 use crate::util::{TOKEN, check_exactly_once, client, enroll, get_json, hub_client, journal, status, wait_for_events};
 
 /// Builds the agent with `env` into its own target dir (dependencies built once, unoptimised, no debug info,
-/// since these builds only have to run) and copies the binary to `out`.
+/// since these builds only have to run) and copies the binary to `out`. `.ci/run` makes the same builds in
+/// advance, with the same flags, so that here they are already fresh: keep the two in step.
 fn build_agent(env: &[(&str, &str)], out: &Path) {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf();
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
