@@ -47,6 +47,7 @@ impl ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
+        metrics::counter!("storesync_agent_errors_total", "code" => self.code).increment(1);
         (self.status, Json(json!({"error": self.code, "detail": self.detail}))).into_response()
     }
 }
@@ -84,6 +85,8 @@ impl<S: Send + Sync> FromRequest<S> for Body {
 }
 
 pub fn router(state: Arc<AgentState>) -> Router {
+    // Install the metrics recorder before the first request records anything.
+    storesync_shared::metrics::handle();
     Router::new()
         .route("/v1/sales", post(|s, b| write(s, BodyType::Sale, b)))
         .route("/v1/returns", post(|s, b| write(s, BodyType::Return, b)))
@@ -96,6 +99,7 @@ pub fn router(state: Arc<AgentState>) -> Router {
         .route("/v1/status", get(status))
         .route("/v1/sync/now", post(sync_now))
         .route("/v1/update/check", post(update_check))
+        .route("/metrics", get(metrics_endpoint))
         .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such endpoint") })
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(state)
@@ -270,4 +274,16 @@ async fn update_check(State(s): State<Arc<AgentState>>) -> Result<Json<crate::up
     let busy = || ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "stopping", "the agent is stopping");
     s.update_checks.send(tx).await.map_err(|_| busy())?;
     Ok(Json(rx.await.map_err(|_| busy())?))
+}
+
+/// `GET /metrics`: Prometheus text. The journal's figures are read at scrape time.
+async fn metrics_endpoint(State(s): State<Arc<AgentState>>) -> Result<Response, ApiError> {
+    let reads = s.journal.reads().clone();
+    let js = blocking(move || reads.with(journal_status)).await?;
+    metrics::gauge!("storesync_agent_unsynced_events").set(js.unsynced as f64);
+    metrics::gauge!("storesync_agent_oldest_unsynced_age_seconds").set(js.oldest_unsynced_age_s as f64);
+    metrics::gauge!("storesync_agent_journal_last_seq").set(js.last_seq as f64);
+    metrics::gauge!("storesync_agent_writer_queue_depth").set(s.journal.queue_depth() as f64);
+    let ct = [(axum::http::header::CONTENT_TYPE, storesync_shared::metrics::CONTENT_TYPE)];
+    Ok((ct, storesync_shared::metrics::render()).into_response())
 }

@@ -258,6 +258,7 @@ impl Link {
             events,
         };
         let last_sent = req.events.last().map(|e| e.seq);
+        metrics::histogram!("storesync_agent_upload_batch_events").record(req.events.len() as f64);
         let send = self.client.post(self.url("/v1/sync/upload")).bearer_auth(&self.cred.credential).json(&req).send();
         // While the hub ingests this batch, read the next one (reads only; it is used only if the hub acknowledges
         // exactly through this batch, so exactly-once does not depend on it).
@@ -524,7 +525,10 @@ pub async fn run(state: Arc<AgentState>, cfg: SyncConfig, shutdown: Cancellation
         let outcome = tokio::select! {
             () = shutdown.cancelled() => break,
             r = async {
-                let round = l.round(&state, &cfg, heartbeat).await?;
+                let started = std::time::Instant::now();
+                let round = l.round(&state, &cfg, heartbeat).await;
+                metrics::histogram!("storesync_agent_sync_round_duration_seconds").record(started.elapsed().as_secs_f64());
+                let round = round?;
                 // Once the journal is across, bring the store document up to date both ways.
                 if matches!(round, Round::Drained) {
                     l.doc_session(&state).await?;
@@ -548,6 +552,7 @@ pub async fn run(state: Arc<AgentState>, cfg: SyncConfig, shutdown: Cancellation
                 }
             }
             Err(Failure::Unreachable(e)) => {
+                metrics::counter!("storesync_agent_sync_failures_total", "kind" => "unreachable").increment(1);
                 let d = backoff.delay();
                 tracing::warn!(error = %e, retry_in_ms = d.as_millis() as u64, "hub unreachable; events stay queued");
                 set_status(&state, |s| {
@@ -557,6 +562,7 @@ pub async fn run(state: Arc<AgentState>, cfg: SyncConfig, shutdown: Cancellation
                 Some(d)
             }
             Err(Failure::SlowDown(after, e)) => {
+                metrics::counter!("storesync_agent_sync_failures_total", "kind" => "slow_down").increment(1);
                 let jitter = Duration::from_millis(rand::rng().random_range(0..=500));
                 tracing::info!(error = %e, retry_in_ms = (after + jitter).as_millis() as u64, "hub asked to slow down");
                 set_status(&state, |s| {
@@ -566,6 +572,7 @@ pub async fn run(state: Arc<AgentState>, cfg: SyncConfig, shutdown: Cancellation
                 Some(after + jitter)
             }
             Err(Failure::Refused(e)) => {
+                metrics::counter!("storesync_agent_sync_failures_total", "kind" => "refused").increment(1);
                 let d = backoff.delay();
                 tracing::warn!(error = %e, retry_in_ms = d.as_millis() as u64, "hub refused the upload");
                 set_status(&state, |s| {

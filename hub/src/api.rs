@@ -186,6 +186,8 @@ impl AppState {
 
 /// Builds the hub's routes on `state`.
 pub fn router(state: AppState) -> Router {
+    // Install the metrics recorder before the first request records anything.
+    storesync_shared::metrics::handle();
     let upload = Router::new().route("/v1/sync/upload", post(upload)).layer(DefaultBodyLimit::max(MAX_BATCH_BYTES));
     let sync_doc = Router::new()
         .route("/v1/sync/doc", post(sync_doc))
@@ -220,6 +222,12 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/sync/update/report", post(sync_update_report))
         .route("/v1/sync/releases/{version}/{target}/archive", get(sync_release_archive))
         .route("/healthz", get(|| async { Json(json!({"status": "ok"})) }))
+        .route(
+            "/metrics",
+            get(|_: AdminAuth| async {
+                ([(header::CONTENT_TYPE, storesync_shared::metrics::CONTENT_TYPE)], storesync_shared::metrics::render())
+            }),
+        )
         .layer(DefaultBodyLimit::max(MAX_SMALL_BODY))
         .merge(upload)
         .merge(sync_doc)
@@ -261,6 +269,7 @@ impl ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
+        metrics::counter!("storesync_hub_errors_total", "code" => self.code).increment(1);
         let body = UploadRefusal {
             error: self.code.into(),
             detail: self.detail,
@@ -578,9 +587,19 @@ async fn upload(
     let now = state.now();
     let n = req.events.len();
     let t = till.clone();
+    let (last_seq, oldest_age) = (req.last_seq, req.oldest_unsynced_age_s);
+    let started = std::time::Instant::now();
     let res = state.db(move |s| s.append_batch(&t, &req, now)).await;
+    metrics::histogram!("storesync_hub_ingest_duration_seconds").record(started.elapsed().as_secs_f64());
     match &res {
         Ok(ack) => {
+            metrics::histogram!("storesync_hub_upload_batch_events").record(n as f64);
+            metrics::counter!("storesync_hub_uploaded_events_total").increment(n as u64);
+            let backlog = last_seq.saturating_sub(ack.acked_through);
+            let labels = [("store", till.store.clone()), ("till", till.till.clone())];
+            metrics::gauge!("storesync_hub_till_backlog_events", &labels).set(backlog as f64);
+            let age = if backlog == 0 { 0 } else { oldest_age };
+            metrics::gauge!("storesync_hub_till_oldest_unsynced_age_seconds", &labels).set(age as f64);
             tracing::debug!(store_id = %till.store, till_id = %till.till, events = n,
                             acked_through = ack.acked_through, "upload acknowledged");
             if !ack.quarantined.is_empty() {

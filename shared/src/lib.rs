@@ -4,7 +4,8 @@
 //! - [`canonical`]: the one byte encoding used for hashing, and the journal hash chain;
 //! - [`crdt`]: the layout of a store's automerge document (stock counters, prices) and pure helpers on it;
 //! - [`wire`]: the agent ↔ hub protocol types;
-//! - [`release`]: signed release manifests and the rules an agent applies before it self-updates.
+//! - [`release`]: signed release manifests and the rules an agent applies before it self-updates;
+//! - [`metrics`]: the process's Prometheus registry, rendered as text by both binaries' `/metrics`.
 //!
 //! Architecture invariant: this crate does no I/O. It knows nothing of SQL, HTTP, files or tokio, so that every
 //! rule about what an event *is* lives in one place and both binaries apply it identically.
@@ -12,6 +13,7 @@
 pub mod canonical;
 pub mod crdt;
 pub mod event;
+pub mod metrics;
 pub mod release;
 pub mod wire;
 

@@ -6,6 +6,7 @@ mod agent_crash;
 mod agent_journal;
 mod converge;
 mod faults;
+mod metrics;
 mod outage;
 mod packages;
 mod update;
