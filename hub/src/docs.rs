@@ -291,6 +291,9 @@ impl Docs {
             return Ok(outs.into_iter().zip(metas).collect());
         }
         let metas = self.storage.doc_apply(&writes, now)?;
+        for (w, meta) in writes.iter().zip(&metas) {
+            metrics::gauge!("storesync_hub_store_doc_bytes", "store" => w.store.clone()).set(meta.saved_bytes as f64);
+        }
         for (guard, meta) in guards.iter_mut().zip(&metas) {
             if let Some(cached) = guard.as_mut() {
                 cached.meta = *meta;

@@ -48,5 +48,7 @@ async fn both_binaries_expose_backlog_batches_durations_and_errors() {
     assert!(uploaded >= sold.len() as f64, "{text}");
     assert!(value(&text, "storesync_hub_ingest_duration_seconds_count").is_some_and(|n| n >= 1.0), "{text}");
     assert!(value(&text, "storesync_hub_errors_total{code=\"unauthorized\"}").is_some_and(|n| n >= 1.0), "{text}");
+    let doc = text.lines().find(|l| l.starts_with("storesync_hub_store_doc_bytes{store=\"S-MET\"}"));
+    assert!(doc.is_some_and(|l| !l.ends_with(" 0")), "the store document's size: {text}");
     println!("metrics: agent and hub series checked after {} sales", sold.len());
 }
