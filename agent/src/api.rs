@@ -100,6 +100,7 @@ pub fn router(state: Arc<AgentState>) -> Router {
         .route("/v1/sync/now", post(sync_now))
         .route("/v1/update/check", post(update_check))
         .route("/metrics", get(metrics_endpoint))
+        .route("/", get(|| async { axum::response::Html(STATUS_PAGE) }))
         .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such endpoint") })
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(state)
@@ -213,6 +214,7 @@ pub async fn status_value(s: &Arc<AgentState>) -> Result<serde_json::Value, ApiE
         obj.insert("hub_url".into(), json!(sync.hub_url));
         obj.insert("last_sync_at".into(), json!(sync.last_sync_at.and_then(|t| t.format(&Rfc3339).ok())));
         obj.insert("last_error".into(), json!(sync.last_error));
+        obj.insert("offline_since".into(), json!(sync.offline_since.and_then(|t| t.format(&Rfc3339).ok())));
         obj.insert("version".into(), json!(crate::update::VERSION));
         obj.insert("target".into(), json!(crate::update::TARGET));
         let upd = s.update.lock().map(|u| u.clone()).unwrap_or_default();
@@ -275,6 +277,9 @@ async fn update_check(State(s): State<Arc<AgentState>>) -> Result<Json<crate::up
     s.update_checks.send(tx).await.map_err(|_| busy())?;
     Ok(Json(rx.await.map_err(|_| busy())?))
 }
+
+/// The store staff's status page (`GET /`): one HTML file, no build step, that polls `/v1/status`.
+const STATUS_PAGE: &str = include_str!("status.html");
 
 /// `GET /metrics`: Prometheus text. The journal's figures are read at scrape time.
 async fn metrics_endpoint(State(s): State<Arc<AgentState>>) -> Result<Response, ApiError> {

@@ -41,6 +41,21 @@ pub struct SyncStatus {
     pub hub_url: Option<String>,
     pub last_sync_at: Option<OffsetDateTime>,
     pub last_error: Option<String>,
+    /// When the hub stopped answering (cleared when it answers again).
+    pub offline_since: Option<OffsetDateTime>,
+}
+
+impl SyncStatus {
+    /// Records whether the hub answered, keeping the moment it stopped answering.
+    pub fn set_hub(&mut self, reach: HubReach) {
+        match reach {
+            HubReach::Unreachable => {
+                self.offline_since.get_or_insert_with(OffsetDateTime::now_utc);
+            }
+            _ => self.offline_since = None,
+        }
+        self.hub = reach;
+    }
 }
 
 /// Everything the API handlers and background tasks share.
@@ -72,6 +87,7 @@ impl AgentState {
             hub_url: None,
             last_sync_at: None,
             last_error: Some("sync status lock poisoned".into()),
+            offline_since: None,
         })
     }
 }
@@ -128,6 +144,7 @@ pub async fn run_until(config: Config, shutdown: CancellationToken, boot: update
             hub_url: None,
             last_sync_at: None,
             last_error: None,
+            offline_since: None,
         }),
         sync_wake: Notify::new(),
         sync_now: Notify::new(),

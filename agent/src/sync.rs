@@ -542,7 +542,7 @@ pub async fn run(state: Arc<AgentState>, cfg: SyncConfig, shutdown: Cancellation
                 backoff.reset();
                 last_report = tokio::time::Instant::now();
                 set_status(&state, |s| {
-                    s.hub = HubReach::Reachable;
+                    s.set_hub(HubReach::Reachable);
                     s.last_sync_at = Some(OffsetDateTime::now_utc());
                     s.last_error = None;
                 });
@@ -556,7 +556,7 @@ pub async fn run(state: Arc<AgentState>, cfg: SyncConfig, shutdown: Cancellation
                 let d = backoff.delay();
                 tracing::warn!(error = %e, retry_in_ms = d.as_millis() as u64, "hub unreachable; events stay queued");
                 set_status(&state, |s| {
-                    s.hub = HubReach::Unreachable;
+                    s.set_hub(HubReach::Unreachable);
                     s.last_error = Some(e);
                 });
                 Some(d)
@@ -566,7 +566,7 @@ pub async fn run(state: Arc<AgentState>, cfg: SyncConfig, shutdown: Cancellation
                 let jitter = Duration::from_millis(rand::rng().random_range(0..=500));
                 tracing::info!(error = %e, retry_in_ms = (after + jitter).as_millis() as u64, "hub asked to slow down");
                 set_status(&state, |s| {
-                    s.hub = HubReach::Reachable;
+                    s.set_hub(HubReach::Reachable);
                     s.last_error = Some(e);
                 });
                 Some(after + jitter)
@@ -576,7 +576,7 @@ pub async fn run(state: Arc<AgentState>, cfg: SyncConfig, shutdown: Cancellation
                 let d = backoff.delay();
                 tracing::warn!(error = %e, retry_in_ms = d.as_millis() as u64, "hub refused the upload");
                 set_status(&state, |s| {
-                    s.hub = HubReach::Reachable;
+                    s.set_hub(HubReach::Reachable);
                     s.last_error = Some(e);
                 });
                 Some(d)

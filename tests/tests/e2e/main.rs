@@ -9,6 +9,7 @@ mod faults;
 mod metrics;
 mod outage;
 mod packages;
+mod status_page;
 mod update;
 mod util;
 mod windows;
