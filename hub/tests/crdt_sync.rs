@@ -5,34 +5,36 @@
 //! starts from `crdt::genesis()` with its own actor, changes only its own stock slot, and syncs with
 //! `POST /v1/sync/doc` rounds until neither side has anything to send.
 
+mod common;
+
 mod util {
     use std::collections::BTreeMap;
     use std::path::Path;
-    use std::sync::Arc;
 
     use automerge::sync::{Message, State, SyncDoc};
     use automerge::{ActorId, Automerge};
     use serde_json::{Value, json};
-    use storesync_hub::{Config, ManualClock};
+    use storesync_hub::Config;
+
+    use crate::common::Served;
     use storesync_shared::canonical::ChainInput;
     use storesync_shared::crdt;
     use storesync_shared::event::EventKind;
     use storesync_shared::wire::{EpochSnapshot, JournalEvent, UploadRequest};
     use storesync_shared::{canonical_json, event_hash, genesis_hash};
-    use tokio::task::JoinHandle;
-    use tokio_util::sync::CancellationToken;
     use uuid::Uuid;
 
-    pub(crate) const ADMIN: &str = "test-admin-token";
-    pub(crate) const T0: i64 = 1_800_000_000;
+    pub(crate) use crate::common::{ADMIN, T0};
     const MAX_ROUNDS: usize = 20;
 
     /// A hub served by the library on 127.0.0.1:0.
-    pub(crate) struct Hub {
-        pub(crate) url: String,
-        pub(crate) http: reqwest::Client,
-        shutdown: CancellationToken,
-        task: Option<JoinHandle<anyhow::Result<()>>>,
+    pub(crate) struct Hub(Served);
+
+    impl std::ops::Deref for Hub {
+        type Target = Served;
+        fn deref(&self) -> &Served {
+            &self.0
+        }
     }
 
     impl Hub {
@@ -41,23 +43,11 @@ mod util {
         }
 
         pub(crate) async fn start_with(dir: &Path, tweak: impl FnOnce(&mut Config)) -> Hub {
-            let mut config = Config::new(dir.to_owned());
-            config.listen = "127.0.0.1:0".parse().unwrap();
-            config.admin_token = Some(ADMIN.into());
-            config.clock = Arc::new(ManualClock::new(T0));
-            tweak(&mut config);
-            let server = storesync_hub::bind(config).await.unwrap();
-            let url = server.url();
-            let shutdown = CancellationToken::new();
-            let task = tokio::spawn(server.serve(shutdown.clone()));
-            Hub { url, http: reqwest::Client::new(), shutdown, task: Some(task) }
+            Hub(Served::start(dir, tweak).await)
         }
 
-        pub(crate) async fn stop(mut self) {
-            self.shutdown.cancel();
-            if let Some(task) = self.task.take() {
-                task.await.unwrap().unwrap();
-            }
+        pub(crate) async fn stop(self) {
+            self.0.stop().await;
         }
 
         pub(crate) async fn send(
@@ -151,12 +141,6 @@ mod util {
             };
             let (status, body) = self.post("/v1/sync/upload", cred, &serde_json::to_value(req).unwrap()).await;
             assert_eq!(status, 200, "{body}");
-        }
-    }
-
-    impl Drop for Hub {
-        fn drop(&mut self) {
-            self.shutdown.cancel();
         }
     }
 

@@ -1,55 +1,43 @@
 //! Agent releases and staged rollouts over real sockets: uploads, rollout stages, update offers by ring, archive
 //! downloads, reports that halt a rollout, and the `release keygen|sign` CLI feeding a real hub.
 
+mod common;
+
 use std::path::Path;
-use std::sync::Arc;
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as B64;
+use common::{ADMIN, Served};
 use ed25519_dalek::SigningKey;
 use serde_json::{Value, json};
 use sha2::Digest as _;
-use storesync_hub::{Config, ManualClock};
+use storesync_hub::Config;
 use storesync_shared::release::{
     MANIFEST_SCHEMA, ReleaseManifest, UpdateOffer, encode_verifying_key, sign_manifest, verify_manifest,
 };
-use tokio::task::JoinHandle;
-use tokio_util::sync::CancellationToken;
 
-const ADMIN: &str = "test-admin-token";
-const T0: i64 = 1_800_000_000;
 const LINUX: &str = "x86_64-unknown-linux-gnu";
 /// Bucket 0: in the canary ring of any percentage above 0.
 const CANARY_STORE: &str = "s17";
 /// Bucket 93: outside a 10% canary ring.
 const OTHER_STORE: &str = "S1";
 
-struct Hub {
-    url: String,
-    http: reqwest::Client,
-    shutdown: CancellationToken,
-    task: Option<JoinHandle<anyhow::Result<()>>>,
+struct Hub(Served);
+
+impl std::ops::Deref for Hub {
+    type Target = Served;
+    fn deref(&self) -> &Served {
+        &self.0
+    }
 }
 
 impl Hub {
     async fn start(dir: &Path, tweak: impl FnOnce(&mut Config)) -> Hub {
-        let mut config = Config::new(dir.to_owned());
-        config.listen = "127.0.0.1:0".parse().unwrap();
-        config.admin_token = Some(ADMIN.into());
-        config.clock = Arc::new(ManualClock::new(T0));
-        tweak(&mut config);
-        let server = storesync_hub::bind(config).await.unwrap();
-        let url = server.url();
-        let shutdown = CancellationToken::new();
-        let task = tokio::spawn(server.serve(shutdown.clone()));
-        Hub { url, http: reqwest::Client::new(), shutdown, task: Some(task) }
+        Hub(Served::start(dir, tweak).await)
     }
 
-    async fn stop(mut self) {
-        self.shutdown.cancel();
-        if let Some(task) = self.task.take() {
-            task.await.unwrap().unwrap();
-        }
+    async fn stop(self) {
+        self.0.stop().await;
     }
 
     async fn send(&self, req: reqwest::RequestBuilder, token: Option<&str>) -> (u16, Value) {
