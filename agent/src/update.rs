@@ -415,7 +415,12 @@ pub async fn run(
                 v.unwrap_or_else(|_| Err(format!("no healthy answer within {} s", cfg.health_timeout.as_secs())))
             }
         };
-        match finish_trial(&state.data_dir, verdict) {
+        let dir = state.data_dir.clone();
+        // The state file is written and fsynced: off the async workers.
+        let recorded = tokio::task::spawn_blocking(move || finish_trial(&dir, verdict))
+            .await
+            .unwrap_or_else(|e| Err(anyhow::anyhow!("the health check's recording task failed: {e}")));
+        match recorded {
             Ok(None) => {}
             Ok(Some(previous)) => {
                 request_restart(&state, previous, &shutdown);
@@ -539,8 +544,12 @@ fn prune_binaries(data_dir: &Path, st: &UpdateState) {
 /// Sends the reports waiting in the state file; keeps those the hub did not take.
 async fn deliver_reports(state: &AgentState) {
     let dir = state.data_dir.clone();
-    let Ok(Some(cred)) = crate::credential::load(&dir) else { return };
-    let Ok(st) = UpdateState::load(&dir) else { return };
+    // File reads and the fsynced rewrite run on the blocking pool, never on an async worker.
+    let d = dir.clone();
+    let loaded = tokio::task::spawn_blocking(move || {
+        Ok::<_, anyhow::Error>((crate::credential::load(&d)?, UpdateState::load(&d)?))
+    });
+    let Ok(Ok((Some(cred), st))) = loaded.await else { return };
     if st.pending_reports.is_empty() {
         return;
     }
@@ -552,11 +561,13 @@ async fn deliver_reports(state: &AgentState) {
         }
         delivered += 1;
     }
-    if delivered > 0
-        && let Ok(mut st) = UpdateState::load(&dir)
-    {
-        st.pending_reports.drain(..delivered.min(st.pending_reports.len()));
-        if let Err(e) = st.save(&dir) {
+    if delivered > 0 {
+        let saved = tokio::task::spawn_blocking(move || {
+            let mut st = UpdateState::load(&dir)?;
+            st.pending_reports.drain(..delivered.min(st.pending_reports.len()));
+            st.save(&dir)
+        });
+        if let Ok(Err(e)) = saved.await {
             tracing::warn!(error = %format!("{e:#}"), "cannot record delivered update reports");
         }
     }
@@ -590,13 +601,17 @@ async fn check(
         return (r, None);
     }
     let dir = state.data_dir.clone();
-    let cred = match crate::credential::load(&dir) {
-        Ok(Some(c)) => c,
+    // The credential and CA files are read on the blocking pool.
+    let d = dir.clone();
+    let link = tokio::task::spawn_blocking(move || match crate::credential::load(&d)? {
+        Some(c) => Ok(Some((c, crate::credential::http_client(&d, Duration::from_secs(30))?))),
+        None => Ok(None),
+    })
+    .await
+    .unwrap_or_else(|e| Err(anyhow::anyhow!("the update task failed: {e}")));
+    let (cred, client) = match link {
+        Ok(Some(l)) => l,
         Ok(None) => return (CheckResult::new("not_enrolled"), None),
-        Err(e) => return (failed(format!("{e:#}")), None),
-    };
-    let client = match crate::credential::http_client(&dir, Duration::from_secs(30)) {
-        Ok(c) => c,
         Err(e) => return (failed(format!("{e:#}")), None),
     };
     let url = format!("{}/v1/sync/update?version={VERSION}&target={TARGET}", cred.hub_url);
@@ -618,7 +633,11 @@ async fn check(
         Ok(o) => o,
         Err(e) => return (failed(format!("reading the hub's update offer: {e}")), None),
     };
-    let manifest = match judge(&dir, cfg, &offer) {
+    let (d, c, o) = (dir.clone(), cfg.clone(), offer.clone());
+    let judged = tokio::task::spawn_blocking(move || judge(&d, &c, &o))
+        .await
+        .unwrap_or_else(|e| Err((None, Refusal::Malformed(format!("the update task failed: {e}")))));
+    let manifest = match judged {
         Ok(m) => m,
         Err((m, refusal)) => {
             let result = CheckResult::refused(m.as_deref(), &refusal);
