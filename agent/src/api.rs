@@ -2,6 +2,10 @@
 //!
 //! It has no authentication of its own: it listens on loopback only, for the POS on the same machine. Every error
 //! is `{"error": code, "detail": text}`; a write is answered only after its COMMIT returned.
+//!
+//! Every route is a handler annotated with `#[utoipa::path]` and registered through [`routes`] with
+//! `utoipa_axum::routes!`, so the router and the OpenAPI document ([`crate::openapi`], `GET /openapi.json`) are
+//! built from one list and cannot name different endpoints.
 
 use std::sync::Arc;
 
@@ -9,14 +13,16 @@ use axum::body::Bytes;
 use axum::extract::{DefaultBodyLimit, FromRequest, Path, Query, Request, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
-use storesync_shared::event::{BodyType, parse_request};
-use storesync_shared::wire::{JournalEvent, Receipt};
+use storesync_shared::event::{AdjustmentBody, BodyType, ReturnBody, SaleBody, TransferBody, VoidBody, parse_request};
+use storesync_shared::wire::{ErrorBody, JournalEvent, Receipt};
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
+use utoipa::{IntoParams, IntoResponses, ToSchema};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use crate::AgentState;
 use crate::journal::{AppendError, AppendOutcome, journal_page, journal_status};
@@ -87,23 +93,125 @@ impl<S: Send + Sync> FromRequest<S> for Body {
 pub fn router(state: Arc<AgentState>) -> Router {
     // Install the metrics recorder before the first request records anything.
     storesync_shared::metrics::handle();
-    Router::new()
-        .route("/v1/sales", post(|s, b| write(s, BodyType::Sale, b)))
-        .route("/v1/returns", post(|s, b| write(s, BodyType::Return, b)))
-        .route("/v1/voids", post(|s, b| write(s, BodyType::Void, b)))
-        .route("/v1/transfers", post(|s, b| write(s, BodyType::Transfer, b)))
-        .route("/v1/adjustments", post(|s, b| write(s, BodyType::Adjustment, b)))
-        .route("/v1/stock/{sku}", get(stock))
-        .route("/v1/prices/{sku}", get(price))
-        .route("/v1/journal", get(journal))
-        .route("/v1/status", get(status))
-        .route("/v1/sync/now", post(sync_now))
-        .route("/v1/update/check", post(update_check))
-        .route("/metrics", get(metrics_endpoint))
-        .route("/", get(|| async { axum::response::Html(STATUS_PAGE) }))
+    let (router, _) = routes().split_for_parts();
+    router
         .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such endpoint") })
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(state)
+}
+
+/// Every route of the POS API with its OpenAPI operation: the one list [`router`] and [`crate::openapi::document`]
+/// are both built from. A new endpoint is a handler with a `#[utoipa::path]` attribute added here with
+/// `routes!(handler)` (handlers of one path, and only those, may share a `routes!`), and a line in the endpoint
+/// table of docs/API.md; `crate::openapi`'s tests fail until all three agree.
+pub(crate) fn routes() -> OpenApiRouter<Arc<AgentState>> {
+    OpenApiRouter::with_openapi(crate::openapi::base())
+        .routes(routes!(post_sale))
+        .routes(routes!(post_return))
+        .routes(routes!(post_void))
+        .routes(routes!(post_transfer))
+        .routes(routes!(post_adjustment))
+        .routes(routes!(stock))
+        .routes(routes!(price))
+        .routes(routes!(journal))
+        .routes(routes!(status))
+        .routes(routes!(sync_now))
+        .routes(routes!(update_check))
+        .routes(routes!(metrics_endpoint))
+        .routes(routes!(status_page))
+        .routes(routes!(crate::openapi::openapi_json))
+}
+
+/// The answers every POS write shares, besides its own 409 and 422 (documentation only: [`write`] makes them).
+#[derive(IntoResponses)]
+#[allow(dead_code)]
+enum WriteAnswers {
+    /// Journaled (answered after its COMMIT)
+    #[response(status = 201)]
+    Created(Receipt),
+    /// This `event_id` was journaled before with the same body; nothing was written
+    #[response(status = 200)]
+    Repeated(Receipt),
+    /// `malformed_json` (the body is not JSON) or `bad_body` (it could not be read)
+    #[response(status = 400)]
+    BadBody(ErrorBody),
+    /// `body_too_large`: over 256 KiB
+    #[response(status = 413)]
+    TooLarge(ErrorBody),
+    /// `journal_unavailable`: the journal cannot be written; nothing was written
+    #[response(status = 503)]
+    Unavailable(ErrorBody),
+}
+
+/// `POST /v1/sales`: journals a sale.
+#[utoipa::path(post, path = "/v1/sales", tag = "writes",
+    request_body(content = SaleBody, description = "A sale; may also carry `event_id`"),
+    responses(
+        WriteAnswers,
+        (status = 409, description = "`event_id_conflict`: this `event_id` was journaled with another body",
+            body = ErrorBody),
+        (status = 422, description = "A rule is broken: `invalid_body`, `unknown_currency`, `tender_mismatch`, ... \
+            (see docs/API.md)", body = ErrorBody),
+    ))]
+async fn post_sale(s: State<Arc<AgentState>>, b: Body) -> Result<Response, ApiError> {
+    write(s, BodyType::Sale, b).await
+}
+
+/// `POST /v1/returns`: journals a return.
+#[utoipa::path(post, path = "/v1/returns", tag = "writes",
+    request_body(content = ReturnBody, description = "A return; may also carry `event_id`"),
+    responses(
+        WriteAnswers,
+        (status = 409, description = "`event_id_conflict`: this `event_id` was journaled with another body",
+            body = ErrorBody),
+        (status = 422, description = "A rule is broken: `invalid_body`, `tender_mismatch`, `invalid_text`, ... \
+            (see docs/API.md)", body = ErrorBody),
+    ))]
+async fn post_return(s: State<Arc<AgentState>>, b: Body) -> Result<Response, ApiError> {
+    write(s, BodyType::Return, b).await
+}
+
+/// `POST /v1/voids`: cancels an earlier sale or return of this till.
+#[utoipa::path(post, path = "/v1/voids", tag = "writes",
+    request_body(content = VoidBody, description = "A void; may also carry `event_id`"),
+    responses(
+        WriteAnswers,
+        (status = 409, description = "`event_id_conflict`, `already_voided`, `cannot_void_void` or `not_voidable`",
+            body = ErrorBody),
+        (status = 422, description = "`voided_event_not_found`, or a rule is broken (see docs/API.md)",
+            body = ErrorBody),
+    ))]
+async fn post_void(s: State<Arc<AgentState>>, b: Body) -> Result<Response, ApiError> {
+    write(s, BodyType::Void, b).await
+}
+
+/// `POST /v1/transfers`: journals a transfer out of or into this store (kind `transfer_out` or `transfer_in`).
+#[utoipa::path(post, path = "/v1/transfers", tag = "writes",
+    request_body(content = TransferBody, description = "A transfer; may also carry `event_id`"),
+    responses(
+        WriteAnswers,
+        (status = 409, description = "`event_id_conflict`: this `event_id` was journaled with another body",
+            body = ErrorBody),
+        (status = 422, description = "A rule is broken: `invalid_body`, `invalid_sku`, `invalid_qty`, `invalid_text`, \
+            ... \
+            (see docs/API.md)", body = ErrorBody),
+    ))]
+async fn post_transfer(s: State<Arc<AgentState>>, b: Body) -> Result<Response, ApiError> {
+    write(s, BodyType::Transfer, b).await
+}
+
+/// `POST /v1/adjustments`: journals a stock adjustment.
+#[utoipa::path(post, path = "/v1/adjustments", tag = "writes",
+    request_body(content = AdjustmentBody, description = "An adjustment; may also carry `event_id`"),
+    responses(
+        WriteAnswers,
+        (status = 409, description = "`event_id_conflict`: this `event_id` was journaled with another body",
+            body = ErrorBody),
+        (status = 422, description = "A rule is broken: `invalid_body`, `invalid_sku`, `invalid_delta`, ... \
+            (see docs/API.md)", body = ErrorBody),
+    ))]
+async fn post_adjustment(s: State<Arc<AgentState>>, b: Body) -> Result<Response, ApiError> {
+    write(s, BodyType::Adjustment, b).await
 }
 
 async fn write(State(s): State<Arc<AgentState>>, ty: BodyType, Body(bytes): Body) -> Result<Response, ApiError> {
@@ -130,12 +238,23 @@ fn check_sku(sku: &str) -> Result<(), ApiError> {
     storesync_shared::event::check_sku(sku, "sku").map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, e.code, e.detail))
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
 struct StockAnswer {
     sku: String,
+    /// Units on hand as this till sees them (may be negative: a sale is never refused for want of stock).
     on_hand: i64,
 }
 
+/// What a `sku` path parameter may be.
+const SKU_PARAM: &str = "1 to 64 characters, no control characters";
+
+/// `GET /v1/stock/{sku}`: stock on hand.
+#[utoipa::path(get, path = "/v1/stock/{sku}", tag = "reads",
+    params(("sku" = String, Path, description = SKU_PARAM)),
+    responses(
+        (status = 200, description = "On hand", body = StockAnswer),
+        (status = 400, description = "`invalid_sku`", body = ErrorBody),
+    ))]
 async fn stock(State(s): State<Arc<AgentState>>, Path(sku): Path<String>) -> Result<Json<StockAnswer>, ApiError> {
     check_sku(&sku)?;
     let reads = s.journal.reads().clone();
@@ -143,7 +262,36 @@ async fn stock(State(s): State<Arc<AgentState>>, Path(sku): Path<String>) -> Res
     Ok(Json(StockAnswer { sku: on_hand.0, on_hand: on_hand.1 }))
 }
 
-async fn price(State(s): State<Arc<AgentState>>, Path(sku): Path<String>) -> Result<Response, ApiError> {
+/// A scheduled price.
+#[derive(Serialize, ToSchema)]
+struct PriceAt {
+    price_minor: i64,
+    currency: String,
+    /// When it takes effect (UTC, RFC 3339).
+    effective_from: String,
+}
+
+/// The price in force now and the next scheduled change.
+#[derive(Serialize, ToSchema)]
+struct PriceAnswer {
+    sku: String,
+    price_minor: i64,
+    currency: String,
+    /// When the price in force took effect (UTC, RFC 3339).
+    effective_from: String,
+    /// The next scheduled price, if any.
+    next: Option<PriceAt>,
+}
+
+/// `GET /v1/prices/{sku}`: the price in force now and the next scheduled one.
+#[utoipa::path(get, path = "/v1/prices/{sku}", tag = "reads",
+    params(("sku" = String, Path, description = SKU_PARAM)),
+    responses(
+        (status = 200, description = "The price in force", body = PriceAnswer),
+        (status = 400, description = "`invalid_sku`", body = ErrorBody),
+        (status = 404, description = "`no_price`: no price is in force for this SKU", body = ErrorBody),
+    ))]
+async fn price(State(s): State<Arc<AgentState>>, Path(sku): Path<String>) -> Result<Json<PriceAnswer>, ApiError> {
     check_sku(&sku)?;
     let reads = s.journal.reads().clone();
     let key = sku.clone();
@@ -151,24 +299,28 @@ async fn price(State(s): State<Arc<AgentState>>, Path(sku): Path<String>) -> Res
     let Some(current) = view.current else {
         return Err(ApiError::new(StatusCode::NOT_FOUND, "no_price", format!("no price in force for sku {sku:?}")));
     };
-    let next = view
-        .next
-        .map(|n| json!({"price_minor": n.price_minor, "currency": n.currency, "effective_from": n.effective_from}));
-    Ok(Json(json!({
-        "sku": sku,
-        "price_minor": current.price_minor,
-        "currency": current.currency,
-        "effective_from": current.effective_from,
-        "next": next,
+    let next = view.next.map(|n| PriceAt {
+        price_minor: n.price_minor,
+        currency: n.currency,
+        effective_from: n.effective_from,
+    });
+    Ok(Json(PriceAnswer {
+        sku,
+        price_minor: current.price_minor,
+        currency: current.currency,
+        effective_from: current.effective_from,
+        next,
     }))
-    .into_response())
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 struct JournalQuery {
+    /// Answer the entries after this seq (default 0: from the start).
     #[serde(default)]
     after_seq: u64,
+    /// The most entries to answer, 1 to 1000 (default 100).
     #[serde(default = "default_limit")]
     limit: usize,
 }
@@ -177,11 +329,20 @@ fn default_limit() -> usize {
     100
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
 struct JournalPage {
+    /// In seq order.
     events: Vec<JournalEvent>,
 }
 
+/// `GET /v1/journal`: a page of this till's journal.
+#[utoipa::path(get, path = "/v1/journal", tag = "reads",
+    params(JournalQuery),
+    responses(
+        (status = 200, description = "Journal entries after `after_seq`, in seq order", body = JournalPage),
+        (status = 400, description = "`bad_query`: an unknown parameter, or `limit` out of 1 to 1000",
+            body = ErrorBody),
+    ))]
 async fn journal(
     State(s): State<Arc<AgentState>>,
     q: Result<Query<JournalQuery>, axum::extract::rejection::QueryRejection>,
@@ -199,6 +360,15 @@ async fn journal(
     Ok(Json(JournalPage { events }))
 }
 
+/// The status document's description in the OpenAPI document.
+const STATUS_DOC: &str = "The status: `store_id`, `till_id`, `journal_id`, `journal_len`, `last_seq`, `acked_seq`, \
+    `unsynced`, `oldest_unsynced_age_s`, `hub` (`not_configured`, `reachable`, `unreachable`), `hub_url`, \
+    `last_sync_at`, `last_error`, `offline_since`, `version`, `target`, `update`, `queue_depth`, `epoch`, \
+    `writer` (see docs/API.md)";
+
+/// `GET /v1/status`: the journal's figures and the sync state.
+#[utoipa::path(get, path = "/v1/status", tag = "reads",
+    responses((status = 200, description = STATUS_DOC, body = Object)))]
 async fn status(State(s): State<Arc<AgentState>>) -> Result<Json<serde_json::Value>, ApiError> {
     Ok(Json(status_value(&s).await?))
 }
@@ -229,9 +399,11 @@ pub async fn status_value(s: &Arc<AgentState>) -> Result<serde_json::Value, ApiE
     Ok(v)
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 struct SyncNowQuery {
+    /// How long to wait for the backlog to drain, in seconds (default 60, at most 3600).
     #[serde(default = "default_sync_wait")]
     wait_s: u64,
 }
@@ -242,6 +414,15 @@ fn default_sync_wait() -> u64 {
 
 /// `POST /v1/sync/now?wait_s=N`: syncs at once, waiting up to `wait_s` seconds for the backlog to drain or for
 /// the hub to answer with an error, and answers the status.
+#[utoipa::path(post, path = "/v1/sync/now", tag = "sync",
+    params(SyncNowQuery),
+    responses(
+        (status = 200, description = "The status once the backlog drained, the hub refused, or `wait_s` passed (see \
+            `GET /v1/status`)",
+            body = Object),
+        (status = 400, description = "`bad_query`", body = ErrorBody),
+        (status = 409, description = "`not_enrolled`: this till has no hub credential", body = ErrorBody),
+    ))]
 async fn sync_now(
     State(s): State<Arc<AgentState>>,
     q: Result<Query<SyncNowQuery>, axum::extract::rejection::QueryRejection>,
@@ -271,6 +452,13 @@ async fn sync_now(
 
 /// `POST /v1/update/check`: asks the hub for a release now and answers what came of it (`installing` means the
 /// agent restarts into the new version as soon as this answer is sent).
+#[utoipa::path(post, path = "/v1/update/check", tag = "sync",
+    responses(
+        (status = 200, description = "`{\"outcome\",\"version\"?,\"reason\"?,\"detail\"?,\"checked_at\"}`; `outcome` \
+            is `disabled`, \
+            `not_enrolled`, `up_to_date`, `refused`, `installing`, `unreachable` or `failed`", body = Object),
+        (status = 503, description = "`stopping`: the agent is stopping", body = ErrorBody),
+    ))]
 async fn update_check(State(s): State<Arc<AgentState>>) -> Result<Json<crate::update::CheckResult>, ApiError> {
     let (tx, rx) = tokio::sync::oneshot::channel();
     let busy = || ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "stopping", "the agent is stopping");
@@ -281,7 +469,18 @@ async fn update_check(State(s): State<Arc<AgentState>>) -> Result<Json<crate::up
 /// The store staff's status page (`GET /`): one HTML file, no build step, that polls `/v1/status`.
 const STATUS_PAGE: &str = include_str!("status.html");
 
+/// `GET /`: the status page for store staff.
+#[utoipa::path(get, path = "/", tag = "operations",
+    responses((status = 200, description = "The status page (HTML; it polls `/v1/status`)",
+        body = String, content_type = "text/html")))]
+async fn status_page() -> axum::response::Html<&'static str> {
+    axum::response::Html(STATUS_PAGE)
+}
+
 /// `GET /metrics`: Prometheus text. The journal's figures are read at scrape time.
+#[utoipa::path(get, path = "/metrics", tag = "operations",
+    responses((status = 200, description = "Prometheus text exposition", body = String,
+               content_type = "text/plain; version=0.0.4")))]
 async fn metrics_endpoint(State(s): State<Arc<AgentState>>) -> Result<Response, ApiError> {
     let reads = s.journal.reads().clone();
     let js = blocking(move || reads.with(journal_status)).await?;

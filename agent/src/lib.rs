@@ -8,6 +8,7 @@ pub mod api;
 pub mod config;
 pub mod credential;
 pub mod journal;
+pub mod openapi;
 pub mod service;
 pub mod sync;
 pub mod update;

@@ -5,6 +5,10 @@
 //! [`Storage`] method on the blocking pool. The store and till of every till request come from the credential
 //! alone. Every error a client sees is an [`ApiError`] with a stable code; internal errors are logged and shown as
 //! `internal`/`storage_unavailable` without their details.
+//!
+//! Every route is a handler annotated with `#[utoipa::path]` and registered in [`routes`] with
+//! `utoipa_axum::routes!`, so the router and the OpenAPI document ([`crate::openapi`], `GET /openapi.json`) are
+//! built from one list; `crate::openapi` says how to add an endpoint.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -16,7 +20,6 @@ use axum::extract::{ConnectInfo, DefaultBodyLimit, FromRequest, FromRequestParts
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post, put};
 use axum::{Json, Router};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
@@ -24,12 +27,16 @@ use serde_json::{Value, json};
 use storesync_shared::crdt;
 use storesync_shared::event::{MAX_QTY, MAX_TEXT_CHARS, check_currency, check_sku, parse_timestamp};
 use storesync_shared::wire::{
-    EPOCH_HEADER, EnrollRequest, EnrollResponse, EpochSnapshot, MAX_BATCH_BYTES, TillState, UploadAck, UploadRefusal,
-    UploadRequest,
+    EPOCH_HEADER, EnrollRequest, EnrollResponse, EpochSnapshot, ErrorBody, MAX_BATCH_BYTES, TillState, UploadAck,
+    UploadRefusal, UploadRequest,
 };
 use tracing::{error, info, warn};
+use utoipa::{IntoParams, ToSchema};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use crate::docs::{DocError, Docs, SyncLimits};
+use crate::openapi::{AdminRefusals, TillRefusals};
 use crate::rollout::{self, Transition};
 use crate::secrets;
 use crate::storage::{
@@ -59,6 +66,8 @@ struct Inner {
     /// Publisher keys uploads are checked against (empty: none are).
     release_keys: Vec<ed25519_dalek::VerifyingKey>,
     max_release_bytes: usize,
+    /// When stores count as stale or offline in the fleet view.
+    pub(crate) fleet: crate::fleet::FleetThresholds,
 }
 
 /// What every handler shares.
@@ -103,6 +112,7 @@ impl AppState {
             till_rate,
             release_keys: Vec::new(),
             max_release_bytes: crate::DEFAULT_MAX_RELEASE_BYTES,
+            fleet: crate::fleet::FleetThresholds::default(),
         }))
     }
 
@@ -125,6 +135,23 @@ impl AppState {
         Ok(AppState(Arc::new(inner)))
     }
 
+    /// This state with other fleet-view thresholds. Call it before the state is shared (cloned or routed).
+    ///
+    /// # Errors
+    /// Thresholds out of order ([`crate::fleet::FleetThresholds::check`]), or a shared state.
+    pub fn with_fleet(self, fleet: crate::fleet::FleetThresholds) -> anyhow::Result<AppState> {
+        fleet.check().map_err(|e| anyhow::anyhow!("fleet thresholds: {e}"))?;
+        let mut inner = Arc::try_unwrap(self.0)
+            .map_err(|_| anyhow::anyhow!("fleet thresholds must be set before the hub state is shared"))?;
+        inner.fleet = fleet;
+        Ok(AppState(Arc::new(inner)))
+    }
+
+    /// The fleet view's thresholds.
+    pub(crate) fn fleet_thresholds(&self) -> crate::fleet::FleetThresholds {
+        self.0.fleet
+    }
+
     /// Opens the data dir's database and admin token as `config` says.
     pub fn open(config: &Config) -> anyhow::Result<AppState> {
         let storage = crate::open_storage(&config.data_dir)?;
@@ -145,15 +172,16 @@ impl AppState {
             config.sync,
             config.till_rate,
         )
-        .with_releases(&config.releases)
+        .with_releases(&config.releases)?
+        .with_fleet(config.fleet)
     }
 
-    fn now(&self) -> i64 {
+    pub(crate) fn now(&self) -> i64 {
         self.0.clock.now()
     }
 
     /// Runs one document operation on the blocking pool.
-    async fn docs<T: Send + 'static>(
+    pub(crate) async fn docs<T: Send + 'static>(
         &self,
         f: impl FnOnce(&Docs) -> Result<T, DocError> + Send + 'static,
     ) -> Result<T, ApiError> {
@@ -168,7 +196,10 @@ impl AppState {
     }
 
     /// Runs one storage call on the blocking pool.
-    async fn db<T, E>(&self, f: impl FnOnce(&dyn Storage) -> Result<T, E> + Send + 'static) -> Result<T, ApiError>
+    pub(crate) async fn db<T, E>(
+        &self,
+        f: impl FnOnce(&dyn Storage) -> Result<T, E> + Send + 'static,
+    ) -> Result<T, ApiError>
     where
         T: Send + 'static,
         E: Into<ApiError> + Send + 'static,
@@ -188,53 +219,92 @@ impl AppState {
 pub fn router(state: AppState) -> Router {
     // Install the metrics recorder before the first request records anything.
     storesync_shared::metrics::handle();
-    let upload = Router::new().route("/v1/sync/upload", post(upload)).layer(DefaultBodyLimit::max(MAX_BATCH_BYTES));
-    let sync_doc = Router::new()
-        .route("/v1/sync/doc", post(sync_doc))
-        .layer(DefaultBodyLimit::max(state.0.docs.limits().max_message_bytes));
+    let limits =
+        BodyLimits { sync_message: state.0.docs.limits().max_message_bytes, release: state.0.max_release_bytes };
+    let (router, _) = routes(&limits).split_for_parts();
+    router
+        .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such endpoint") })
+        .with_state(state)
+}
+
+/// The request body limits that are settings rather than constants.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct BodyLimits {
+    /// The most bytes of one CRDT sync message.
+    pub(crate) sync_message: usize,
+    /// The largest agent release upload (multipart framing gets 64 KiB on top).
+    pub(crate) release: usize,
+}
+
+impl Default for BodyLimits {
+    fn default() -> Self {
+        BodyLimits { sync_message: SyncLimits::default().max_message_bytes, release: crate::DEFAULT_MAX_RELEASE_BYTES }
+    }
+}
+
+/// Every route of the hub with its OpenAPI operation: the one list [`router`] and [`crate::openapi::document`] are
+/// both built from. Register a handler with `.routes(routes!(handler))` (handlers of one path, and only those, may
+/// share a `routes!`), never with a plain `.route()`; see `crate::openapi` for the whole recipe. Body limits are
+/// per group: 16 KiB for everything merged before the `MAX_SMALL_BODY` layer (the fleet's routes included).
+pub(crate) fn routes(limits: &BodyLimits) -> OpenApiRouter<AppState> {
+    let upload = OpenApiRouter::default().routes(routes!(upload)).layer(DefaultBodyLimit::max(MAX_BATCH_BYTES));
+    let sync_doc = OpenApiRouter::default().routes(routes!(sync_doc)).layer(DefaultBodyLimit::max(limits.sync_message));
     // Release uploads carry whole agent binaries; multipart framing gets 64 KiB on top of the limit.
-    let release_upload = Router::new()
-        .route("/v1/admin/releases", post(admin_upload_release).get(admin_list_releases))
-        .layer(DefaultBodyLimit::max(state.0.max_release_bytes.saturating_add(64 * 1024)));
-    let head_office = Router::new()
-        .route("/v1/admin/prices", put(admin_put_prices))
-        .route("/v1/admin/stock", post(admin_post_stock))
+    let release_upload = OpenApiRouter::default()
+        .routes(routes!(admin_upload_release, admin_list_releases))
+        .layer(DefaultBodyLimit::max(limits.release.saturating_add(64 * 1024)));
+    let head_office = OpenApiRouter::default()
+        .routes(routes!(admin_put_prices))
+        .routes(routes!(admin_post_stock))
         .layer(DefaultBodyLimit::max(MAX_ADMIN_BODY));
-    Router::new()
-        .route("/v1/enroll", post(enroll))
-        .route("/v1/sync/state", get(sync_state))
-        .route("/v1/admin/enrollments", post(admin_create_enrollment))
-        .route("/v1/admin/revoke", post(admin_revoke))
-        .route("/v1/admin/stores", get(admin_stores))
-        .route("/v1/admin/events", get(admin_events))
-        .route("/v1/admin/quarantine", get(admin_quarantine))
-        .route("/v1/admin/quarantine/release", post(admin_release))
-        .route("/v1/sync/snapshot", get(sync_snapshot))
-        .route("/v1/admin/stores/{store}/stock/{sku}", get(admin_stock))
-        .route("/v1/admin/stores/{store}/prices/{sku}", get(admin_price))
-        .route("/v1/admin/stores/{store}/compact", post(admin_compact))
-        .route("/v1/admin/stores/{store}/doc", get(admin_doc))
-        .route("/v1/admin/rollouts", post(admin_start_rollout).get(admin_list_rollouts))
-        .route("/v1/admin/rollouts/{target}/promote", post(admin_promote))
-        .route("/v1/admin/rollouts/{target}/halt", post(admin_halt))
-        .route("/v1/admin/rollouts/{target}/resume", post(admin_resume))
-        .route("/v1/sync/update", get(sync_update))
-        .route("/v1/sync/update/report", post(sync_update_report))
-        .route("/v1/sync/releases/{version}/{target}/archive", get(sync_release_archive))
-        .route("/healthz", get(|| async { Json(json!({"status": "ok"})) }))
-        .route(
-            "/metrics",
-            get(|_: AdminAuth| async {
-                ([(header::CONTENT_TYPE, storesync_shared::metrics::CONTENT_TYPE)], storesync_shared::metrics::render())
-            }),
-        )
+    OpenApiRouter::with_openapi(crate::openapi::base())
+        .routes(routes!(enroll))
+        .routes(routes!(sync_state))
+        .routes(routes!(admin_create_enrollment))
+        .routes(routes!(admin_revoke))
+        .routes(routes!(admin_stores))
+        .routes(routes!(admin_events))
+        .routes(routes!(admin_quarantine))
+        .routes(routes!(admin_release))
+        .routes(routes!(sync_snapshot))
+        .routes(routes!(admin_stock))
+        .routes(routes!(admin_price))
+        .routes(routes!(admin_compact))
+        .routes(routes!(admin_doc))
+        .routes(routes!(admin_start_rollout, admin_list_rollouts))
+        .routes(routes!(admin_promote))
+        .routes(routes!(admin_halt))
+        .routes(routes!(admin_resume))
+        .routes(routes!(sync_update))
+        .routes(routes!(sync_update_report))
+        .routes(routes!(sync_release_archive))
+        .routes(routes!(healthz))
+        .routes(routes!(metrics_endpoint))
+        .routes(routes!(crate::openapi::openapi_json))
+        .merge(crate::fleet::routes())
         .layer(DefaultBodyLimit::max(MAX_SMALL_BODY))
         .merge(upload)
         .merge(sync_doc)
         .merge(head_office)
         .merge(release_upload)
-        .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such endpoint") })
-        .with_state(state)
+}
+
+/// `GET /healthz`: the hub answers.
+#[utoipa::path(get, path = "/healthz", tag = "operations",
+    responses((status = 200, description = "`{\"status\":\"ok\"}`", body = Object)))]
+async fn healthz() -> Json<Value> {
+    Json(json!({"status": "ok"}))
+}
+
+/// `GET /metrics`: Prometheus text (the admin token: the series name stores and tills).
+#[utoipa::path(get, path = "/metrics", tag = "operations", security(("admin_token" = [])),
+    responses(
+        (status = 200, description = "Prometheus text exposition",
+            body = String, content_type = "text/plain; version=0.0.4"),
+        AdminRefusals,
+    ))]
+async fn metrics_endpoint(_: AdminAuth) -> impl IntoResponse {
+    ([(header::CONTENT_TYPE, storesync_shared::metrics::CONTENT_TYPE)], storesync_shared::metrics::render())
 }
 
 // ---------------------------------------------------------------------------------------------------------------
@@ -439,6 +509,18 @@ impl<S: Send + Sync> FromRequestParts<S> for ClientIp {
 // ---------------------------------------------------------------------------------------------------------------
 // Enrolment
 
+#[utoipa::path(post, path = "/v1/enroll", tag = "till", request_body = EnrollRequest,
+    responses(
+        (status = 200, description = "Enrolled: the credential is shown this once", body = EnrollResponse),
+        (status = 400, description = "`malformed_json`: the body is not JSON", body = ErrorBody),
+        (status = 401, description = "`invalid_code`", body = ErrorBody),
+        (status = 410, description = "`code_expired` or `code_used`", body = ErrorBody),
+        (status = 413, description = "`body_too_large`", body = ErrorBody),
+        (status = 422, description = "`invalid_body`", body = ErrorBody),
+        (status = 429, description = "`too_many_attempts`: too many failures from this client IP (`Retry-After`)",
+            body = ErrorBody),
+        (status = 503, description = "`storage_busy` (with `Retry-After`) or `storage_unavailable`", body = ErrorBody),
+    ))]
 async fn enroll(
     State(state): State<AppState>,
     ClientIp(ip): ClientIp,
@@ -484,7 +566,7 @@ async fn enroll(
     }
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct CreateEnrollment {
     store: String,
@@ -494,7 +576,7 @@ struct CreateEnrollment {
 }
 
 /// The answer to a new enrolment code.
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct EnrollmentCode {
     pub code: String,
     pub store: String,
@@ -534,6 +616,15 @@ pub fn issue_enrollment(
     Ok(EnrollmentCode { code, store: till.store.clone(), till: till.till.clone(), expires_at: rfc3339(expires_at) })
 }
 
+#[utoipa::path(post, path = "/v1/admin/enrollments", tag = "admin", security(("admin_token" = [])),
+    request_body = CreateEnrollment,
+    responses(
+        (status = 201, description = "A one-time enrolment code", body = EnrollmentCode),
+        (status = 400, description = "`malformed_json`: the body is not JSON", body = ErrorBody),
+        (status = 413, description = "`body_too_large`", body = ErrorBody),
+        (status = 422, description = "`invalid_id`, `invalid_ttl` or `invalid_body`", body = ErrorBody),
+        AdminRefusals,
+    ))]
 async fn admin_create_enrollment(
     _: AdminAuth,
     State(state): State<AppState>,
@@ -554,13 +645,23 @@ async fn admin_create_enrollment(
     Ok((StatusCode::CREATED, Json(code)))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct RevokeRequest {
     store: String,
     till: String,
 }
 
+#[utoipa::path(post, path = "/v1/admin/revoke", tag = "admin", security(("admin_token" = [])),
+    request_body = RevokeRequest,
+    responses(
+        (status = 200, description = "`{\"store\",\"till\",\"revoked\":true}`", body = Object),
+        (status = 400, description = "`malformed_json`: the body is not JSON", body = ErrorBody),
+        (status = 404, description = "`unknown_till`", body = ErrorBody),
+        (status = 413, description = "`body_too_large`", body = ErrorBody),
+        (status = 422, description = "`invalid_id` or `invalid_body`", body = ErrorBody),
+        AdminRefusals,
+    ))]
 async fn admin_revoke(
     _: AdminAuth,
     State(state): State<AppState>,
@@ -579,6 +680,19 @@ async fn admin_revoke(
 // ---------------------------------------------------------------------------------------------------------------
 // Sync
 
+#[utoipa::path(post, path = "/v1/sync/upload", tag = "till", security(("till_credential" = [])),
+    request_body = UploadRequest,
+    responses(
+        (status = 200, description = "Stored through `acked_through` (quarantined seqs listed)", body = UploadAck),
+        (status = 400, description = "`malformed_json`", body = UploadRefusal),
+        (status = 409, description = "`seq_gap` (`expected_seq`: resend from there), `sequence_regression` (`seq`), \
+            `journal_mismatch` or `duplicate_event_id` (`seq`)", body = UploadRefusal),
+        (status = 413, description = "`body_too_large`: over 4 MiB", body = UploadRefusal),
+        (status = 422, description = "`batch_too_large`, `not_consecutive` (`seq`), `invalid_seq`, `chain_broken` \
+            (`seq`) \
+            or `invalid_body`", body = UploadRefusal),
+        TillRefusals,
+    ))]
 async fn upload(
     TillAuth(till): TillAuth,
     State(state): State<AppState>,
@@ -613,6 +727,8 @@ async fn upload(
     res.map(Json)
 }
 
+#[utoipa::path(get, path = "/v1/sync/state", tag = "till", security(("till_credential" = [])),
+    responses((status = 200, description = "Where the hub stands for this till", body = TillState), TillRefusals))]
 async fn sync_state(TillAuth(till): TillAuth, State(state): State<AppState>) -> Result<Json<TillState>, ApiError> {
     state.db(move |s| s.till_state(&till)).await?.map(Json).ok_or_else(ApiError::unauthorized)
 }
@@ -627,6 +743,14 @@ fn rfc3339(t: i64) -> String {
         .unwrap_or_default()
 }
 
+#[utoipa::path(get, path = "/v1/admin/stores", tag = "admin", security(("admin_token" = [])),
+    responses(
+        (status = 200, description = "`{\"stores\":[{\"store\",\"tills\":[{\"till\",\"last_seen\",\"last_seq\",\
+            \"hub_seq\",\"backlog\",\"oldest_unsynced_age_s\",\"version\",\"chain_ok\",\"last_error\",\"enrolled\",\
+            \"revoked\",\"quarantined\"}]}]}`",
+            body = Object),
+        AdminRefusals,
+    ))]
 async fn admin_stores(_: AdminAuth, State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
     let stores = state.db(|s| s.list_stores()).await?;
     let stores: Vec<Value> = stores
@@ -690,7 +814,7 @@ fn events_page(
     Ok((store, after, limit, q))
 }
 
-fn event_json(e: StoredEvent) -> Value {
+pub(crate) fn event_json(e: StoredEvent) -> Value {
     let body: Value = serde_json::from_str(&e.body).unwrap_or(Value::Null);
     json!({
         "cursor": e.hub_pos.to_string(),
@@ -706,6 +830,18 @@ fn event_json(e: StoredEvent) -> Value {
     })
 }
 
+#[utoipa::path(get, path = "/v1/admin/events", tag = "admin", security(("admin_token" = [])),
+    params(
+        ("store" = Option<String>, Query, description = "Only this store's events"),
+        ("after" = Option<String>, Query, description = "A cursor: the `next` of the previous page"),
+        ("limit" = Option<usize>, Query, description = "At most this many (default 100, at most 1000)"),
+    ),
+    responses(
+        (status = 200, description = "`{\"events\":[{\"cursor\",\"event_id\",\"store\",\"till\",\"seq\",\"kind\",\
+            \"occurred_at\",\"body\",\"hash\",\"quarantined\"}],\"next\"}` in hub order", body = Object),
+        (status = 422, description = "`invalid_query`, `invalid_cursor` or `invalid_limit`", body = ErrorBody),
+        AdminRefusals,
+    ))]
 async fn admin_events(
     _: AdminAuth,
     State(state): State<AppState>,
@@ -721,6 +857,20 @@ async fn admin_events(
 // ---------------------------------------------------------------------------------------------------------------
 // Quarantine: events stored in the chain that this hub cannot process
 
+#[utoipa::path(get, path = "/v1/admin/quarantine", tag = "admin", security(("admin_token" = [])),
+    params(
+        ("store" = Option<String>, Query, description = "Only this store's events"),
+        ("after" = Option<String>, Query, description = "A cursor: the `next` of the previous page"),
+        ("limit" = Option<usize>, Query, description = "At most this many (default 100, at most 1000)"),
+        ("released" = Option<bool>, Query, description = "Also list released events (default false)"),
+    ),
+    responses(
+        (status = 200, description = "`{\"quarantined\":[{...an event..., \
+            \"reason\",\"quarantined_at\",\"released_at\"}],\"next\"}`",
+            body = Object),
+        (status = 422, description = "`invalid_query`, `invalid_cursor` or `invalid_limit`", body = ErrorBody),
+        AdminRefusals,
+    ))]
 async fn admin_quarantine(
     _: AdminAuth,
     State(state): State<AppState>,
@@ -753,7 +903,7 @@ async fn admin_quarantine(
     Ok(Json(json!({ "quarantined": items, "next": next })))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct ReleaseRequest {
     store: String,
@@ -768,6 +918,17 @@ fn recheck(e: &StoredEvent) -> Result<(), String> {
     storesync_shared::wire::check_body(e.seq, kind, &e.occurred_at, &body).map_err(|err| err.to_string())
 }
 
+#[utoipa::path(post, path = "/v1/admin/quarantine/release", tag = "admin", security(("admin_token" = [])),
+    request_body = ReleaseRequest,
+    responses(
+        (status = 200, description = "`{\"store\",\"till\",\"seq\",\"released\":true}`", body = Object),
+        (status = 400, description = "`malformed_json`: the body is not JSON", body = ErrorBody),
+        (status = 404, description = "`not_quarantined`", body = ErrorBody),
+        (status = 409, description = "`still_invalid`: the hub still cannot process the event", body = ErrorBody),
+        (status = 413, description = "`body_too_large`", body = ErrorBody),
+        (status = 422, description = "`invalid_id` or `invalid_body`", body = ErrorBody),
+        AdminRefusals,
+    ))]
 async fn admin_release(
     _: AdminAuth,
     State(state): State<AppState>,
@@ -841,7 +1002,25 @@ fn with_epoch(mut res: Response, epoch: Option<u64>) -> Response {
     res
 }
 
-/// `POST /v1/sync/doc`: one automerge sync round with the calling till (see [`crate::docs`]).
+/// `POST /v1/sync/doc`: one automerge sync round with the calling till (see `crate::docs`).
+#[utoipa::path(post, path = "/v1/sync/doc", tag = "till", security(("till_credential" = [])),
+    params(("x-storesync-epoch" = Option<u64>, Header, description = "The till's CRDT epoch (absent: 0)")),
+    request_body(content = inline(crate::openapi::Binary), content_type = "application/octet-stream",
+        description = "The till's automerge sync message, or empty"),
+    responses(
+        (status = 200, description = "The hub's next sync message",
+            body = inline(crate::openapi::Binary), content_type = "application/octet-stream",
+            headers(("x-storesync-epoch" = u64, description = "The hub's epoch"))),
+        (status = 204, description = "The hub has nothing to say", headers(("x-storesync-epoch" = u64))),
+        (status = 400, description = "`invalid_epoch` or `bad_request`", body = ErrorBody),
+        (status = 403, description = "`forbidden_change`: a change touches more than the till's own stock counters",
+            body = ErrorBody),
+        (status = 409, description = "`epoch_mismatch` (with `\"epoch\"`): load `GET /v1/sync/snapshot`",
+            body = ErrorBody),
+        (status = 413, description = "`message_too_large` or `document_too_large`", body = ErrorBody),
+        (status = 422, description = "`bad_sync_message`", body = ErrorBody),
+        TillRefusals,
+    ))]
 async fn sync_doc(
     TillAuth(till): TillAuth,
     State(state): State<AppState>,
@@ -909,6 +1088,12 @@ async fn sync_doc(
 }
 
 /// `GET /v1/sync/snapshot`: the document the store's current epoch started from.
+#[utoipa::path(get, path = "/v1/sync/snapshot", tag = "till", security(("till_credential" = [])),
+    responses(
+        (status = 200, description = "The store document as the current epoch started", body = EpochSnapshot,
+            headers(("x-storesync-epoch" = u64, description = "The hub's epoch"))),
+        TillRefusals,
+    ))]
 async fn sync_snapshot(TillAuth(till): TillAuth, State(state): State<AppState>) -> Result<Response, ApiError> {
     let store = till.store.clone();
     let rec = state.db(move |s| s.epoch_record(&store)).await?;
@@ -927,7 +1112,7 @@ async fn sync_snapshot(TillAuth(till): TillAuth, State(state): State<AppState>) 
     Ok(with_epoch(Json(snap).into_response(), Some(epoch)))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct PriceInput {
     sku: String,
@@ -937,7 +1122,7 @@ struct PriceInput {
     effective_from: Option<String>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct PricesRequest {
     stores: Vec<String>,
@@ -951,12 +1136,12 @@ const MAX_PRICE_MINOR: i64 = 1_000_000_000_000;
 /// The most movements one request may carry.
 const MAX_MOVEMENTS: usize = 500;
 
-fn now_instant(now: i64) -> Result<time::OffsetDateTime, ApiError> {
+pub(crate) fn now_instant(now: i64) -> Result<time::OffsetDateTime, ApiError> {
     time::OffsetDateTime::from_unix_timestamp(now).map_err(|_| ApiError::internal())
 }
 
 /// Checks a store id from a path or body; an impossible id is an unknown store.
-async fn known_store(state: &AppState, store: &str) -> Result<String, ApiError> {
+pub(crate) async fn known_store(state: &AppState, store: &str) -> Result<String, ApiError> {
     if !secrets::valid_id(store) {
         return Err(unknown_store());
     }
@@ -965,6 +1150,20 @@ async fn known_store(state: &AppState, store: &str) -> Result<String, ApiError> 
 }
 
 /// `PUT /v1/admin/prices`: head-office prices for some stores or every store (`["*"]`), all or nothing.
+#[utoipa::path(put, path = "/v1/admin/prices", tag = "admin", security(("admin_token" = [])),
+    request_body = PricesRequest,
+    responses(
+        (status = 200, description = "`{\"stores\":[...],\"prices\":N}`: set in every store, or in none",
+            body = Object),
+        (status = 400, description = "`malformed_json`: the body is not JSON", body = ErrorBody),
+        (status = 404, description = "`unknown_store`", body = ErrorBody),
+        (status = 413, description = "`body_too_large`: over 2 MiB", body = ErrorBody),
+        (status = 422, description = "`no_prices`, `too_many_prices`, `invalid_sku`, `invalid_price`, \
+            `unknown_currency`, \
+            `invalid_effective_from`, `duplicate_price`, `no_stores`, `invalid_stores` or `invalid_body`",
+            body = ErrorBody),
+        AdminRefusals,
+    ))]
 async fn admin_put_prices(
     _: AdminAuth,
     State(state): State<AppState>,
@@ -1032,7 +1231,7 @@ async fn admin_put_prices(
     Ok(Json(json!({"stores": written, "prices": n})))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct MovementInput {
     sku: String,
@@ -1040,7 +1239,7 @@ struct MovementInput {
     reason: String,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct StockRequest {
     store: String,
@@ -1048,6 +1247,18 @@ struct StockRequest {
 }
 
 /// `POST /v1/admin/stock`: head-office stock movements (receipts, corrections) of one store.
+#[utoipa::path(post, path = "/v1/admin/stock", tag = "admin", security(("admin_token" = [])),
+    request_body = StockRequest,
+    responses(
+        (status = 200, description = "`{\"store\",\"movements\":N}`", body = Object),
+        (status = 400, description = "`malformed_json`: the body is not JSON", body = ErrorBody),
+        (status = 404, description = "`unknown_store`", body = ErrorBody),
+        (status = 413, description = "`body_too_large`: over 2 MiB", body = ErrorBody),
+        (status = 422, description = "`no_movements`, `too_many_movements`, `invalid_sku`, `invalid_delta`, \
+            `invalid_reason` \
+            or `invalid_body`", body = ErrorBody),
+        AdminRefusals,
+    ))]
 async fn admin_post_stock(
     _: AdminAuth,
     State(state): State<AppState>,
@@ -1094,6 +1305,15 @@ fn path_pair(path: StoreSku) -> Result<(String, String), ApiError> {
 }
 
 /// `GET /v1/admin/stores/{store}/stock/{sku}`: on hand as the hub's copy of the store document says.
+#[utoipa::path(get, path = "/v1/admin/stores/{store}/stock/{sku}", tag = "admin", security(("admin_token" = [])),
+    params(("store" = String, Path, description = "A store id"), ("sku" = String, Path, description = "A SKU")),
+    responses(
+        (status = 200, description = "`{\"sku\",\"on_hand\"}`", body = Object),
+        (status = 400, description = "`bad_path`", body = ErrorBody),
+        (status = 404, description = "`unknown_store`", body = ErrorBody),
+        (status = 422, description = "`invalid_sku`", body = ErrorBody),
+        AdminRefusals,
+    ))]
 async fn admin_stock(_: AdminAuth, State(state): State<AppState>, path: StoreSku) -> Result<Json<Value>, ApiError> {
     let (store, sku) = path_pair(path)?;
     let store = known_store(&state, &store).await?;
@@ -1115,6 +1335,16 @@ fn price_json(p: &crdt::Price) -> Value {
 /// `GET /v1/admin/stores/{store}/prices/{sku}`: the price in force now and the next scheduled one.
 ///
 /// With only a future price, `price_minor`, `currency` and `effective_from` are null and `next` holds it.
+#[utoipa::path(get, path = "/v1/admin/stores/{store}/prices/{sku}", tag = "admin", security(("admin_token" = [])),
+    params(("store" = String, Path, description = "A store id"), ("sku" = String, Path, description = "A SKU")),
+    responses(
+        (status = 200, description = "`{\"sku\",\"price_minor\",\"currency\",\"effective_from\",\"next\"}`",
+            body = Object),
+        (status = 400, description = "`bad_path`", body = ErrorBody),
+        (status = 404, description = "`unknown_store` or `no_price`", body = ErrorBody),
+        (status = 422, description = "`invalid_sku`", body = ErrorBody),
+        AdminRefusals,
+    ))]
 async fn admin_price(_: AdminAuth, State(state): State<AppState>, path: StoreSku) -> Result<Json<Value>, ApiError> {
     let (store, sku) = path_pair(path)?;
     let store = known_store(&state, &store).await?;
@@ -1132,16 +1362,29 @@ async fn admin_price(_: AdminAuth, State(state): State<AppState>, path: StoreSku
     if view.current.is_none() && view.next.is_none() {
         return Err(ApiError::new(StatusCode::NOT_FOUND, "no_price", format!("no price is set for {sku}")));
     }
+    Ok(Json(price_view_json(&sku, &view)))
+}
+
+/// A SKU's price view as the admin endpoints answer it: the price in force (nulls when only a future one is set)
+/// and `next`.
+pub(crate) fn price_view_json(sku: &str, view: &crdt::PriceView) -> Value {
     let mut out = match &view.current {
         Some(p) => price_json(p),
         None => json!({"price_minor": null, "currency": null, "effective_from": null}),
     };
     out["sku"] = json!(sku);
     out["next"] = view.next.as_ref().map_or(Value::Null, price_json);
-    Ok(Json(out))
+    out
 }
 
 /// `POST /v1/admin/stores/{store}/compact`: closes the store's epoch now.
+#[utoipa::path(post, path = "/v1/admin/stores/{store}/compact", tag = "admin", security(("admin_token" = [])),
+    params(("store" = String, Path, description = "A store id")),
+    responses(
+        (status = 200, description = "`{\"store\",\"epoch\"}`: the new epoch", body = Object),
+        (status = 404, description = "`unknown_store`", body = ErrorBody),
+        AdminRefusals,
+    ))]
 async fn admin_compact(
     _: AdminAuth,
     State(state): State<AppState>,
@@ -1156,6 +1399,14 @@ async fn admin_compact(
 }
 
 /// `GET /v1/admin/stores/{store}/doc`: the size of the store's document.
+#[utoipa::path(get, path = "/v1/admin/stores/{store}/doc", tag = "admin", security(("admin_token" = [])),
+    params(("store" = String, Path, description = "A store id")),
+    responses(
+        (status = 200, description = "`{\"store\",\"epoch\",\"changes_since_epoch\",\"saved_bytes\",\"epoch_bytes\"}`",
+            body = Object),
+        (status = 404, description = "`unknown_store`", body = ErrorBody),
+        AdminRefusals,
+    ))]
 async fn admin_doc(
     _: AdminAuth,
     State(state): State<AppState>,
@@ -1299,6 +1550,22 @@ fn check_release(parts: UploadParts, keys: &[ed25519_dalek::VerifyingKey], now: 
 }
 
 /// `POST /v1/admin/releases` (multipart: `manifest`, `signature`?, `archive`): stores a release.
+#[utoipa::path(post, path = "/v1/admin/releases", tag = "releases", security(("admin_token" = [])),
+    request_body(content = inline(crate::openapi::ReleaseUpload), content_type = "multipart/form-data"),
+    responses(
+        (status = 201, description = "Stored: \
+            `{\"version\",\"target\",\"archive_sha256\",\"archive_size\",\"signed\"}`",
+            body = Object),
+        (status = 200, description = "Exactly these bytes were stored before (same body)", body = Object),
+        (status = 400, description = "`bad_multipart`", body = ErrorBody),
+        (status = 409, description = "`release_exists`: other bytes are stored for this version and target",
+            body = ErrorBody),
+        (status = 413, description = "`body_too_large`: over `max_release_bytes` plus 64 KiB", body = ErrorBody),
+        (status = 422, description = "`missing_part`, `unknown_part`, `duplicate_part`, `invalid_manifest`, \
+            `invalid_signature`, `archive_mismatch`, `unsigned`, `bad_signature` or `bad_archive_signature`",
+            body = ErrorBody),
+        AdminRefusals,
+    ))]
 async fn admin_upload_release(
     _: AdminAuth,
     State(state): State<AppState>,
@@ -1337,6 +1604,12 @@ async fn admin_upload_release(
 }
 
 /// `GET /v1/admin/releases`: every stored release, newest version first.
+#[utoipa::path(get, path = "/v1/admin/releases", tag = "releases", security(("admin_token" = [])),
+    responses(
+        (status = 200, description = "`{\"releases\":[{\"version\",\"target\",\"min_version\",\"expires_at\",\
+            \"archive_sha256\",\"archive_size\",\"signed\",\"uploaded_at\"}]}`, newest version first", body = Object),
+        AdminRefusals,
+    ))]
 async fn admin_list_releases(_: AdminAuth, State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
     let releases = state.db(|s| s.list_releases()).await?;
     let releases: Vec<Value> = releases
@@ -1396,7 +1669,7 @@ fn check_version(field: &str, version: &str) -> Result<(), ApiError> {
         .map_err(|e| invalid("invalid_version", format!("{field}: {e}")))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct StartRollout {
     version: String,
@@ -1411,6 +1684,20 @@ struct StartRollout {
 const DEFAULT_CANARY_PERCENT: u8 = 10;
 
 /// `POST /v1/admin/rollouts`: starts a rollout of a stored release, replacing the target's active one.
+#[utoipa::path(post, path = "/v1/admin/rollouts", tag = "releases", security(("admin_token" = [])),
+    request_body = StartRollout,
+    responses(
+        (status = 201, description = "The rollout: \
+            `{\"target\",\"version\",\"stage\",\"canary_percent\",\"canary_stores\",\"max_failures\",\
+            \"failures\",\"installed\",\"refused\",\"halted_reason\",\"started_at\",\"updated_at\"}`",
+            body = Object),
+        (status = 400, description = "`malformed_json`: the body is not JSON", body = ErrorBody),
+        (status = 404, description = "`unknown_release`", body = ErrorBody),
+        (status = 413, description = "`body_too_large`", body = ErrorBody),
+        (status = 422, description = "`invalid_version`, `invalid_target`, `invalid_canary_percent`, \
+            `invalid_max_failures` or `invalid_body`", body = ErrorBody),
+        AdminRefusals,
+    ))]
 async fn admin_start_rollout(
     _: AdminAuth,
     State(state): State<AppState>,
@@ -1456,6 +1743,19 @@ async fn change_rollout(
 }
 
 /// `POST /v1/admin/rollouts/{target}/promote`: offer the release to every store.
+#[utoipa::path(post, path = "/v1/admin/rollouts/{target}/promote", tag = "releases", security(("admin_token" = [])),
+    params(("target" = String, Path, description = "A target triple")),
+    responses(
+        (status = 200, description = "The rollout: \
+            `{\"target\",\"version\",\"stage\",\"canary_percent\",\"canary_stores\",\"max_failures\",\
+            \"failures\",\"installed\",\"refused\",\"halted_reason\",\"started_at\",\"updated_at\"}`",
+            body = Object),
+        (status = 400, description = "`bad_path`, `bad_request`", body = ErrorBody),
+        (status = 404, description = "`no_rollout`", body = ErrorBody),
+        (status = 409, description = "`halted` (promote) or `not_halted` (resume)", body = ErrorBody),
+        (status = 422, description = "`invalid_target`, `invalid_reason` or `invalid_body`", body = ErrorBody),
+        AdminRefusals,
+    ))]
 async fn admin_promote(
     _: AdminAuth,
     State(state): State<AppState>,
@@ -1464,7 +1764,7 @@ async fn admin_promote(
     change_rollout(&state, target, Transition::Promote).await
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct HaltRequest {
     #[serde(default)]
@@ -1475,6 +1775,20 @@ struct HaltRequest {
 const MAX_NOTE_CHARS: usize = 2000;
 
 /// `POST /v1/admin/rollouts/{target}/halt` `{"reason"?}` (the body may be empty): offer it to nobody.
+#[utoipa::path(post, path = "/v1/admin/rollouts/{target}/halt", tag = "releases", security(("admin_token" = [])),
+    params(("target" = String, Path, description = "A target triple")),
+    request_body(content = HaltRequest, description = "Optional: the body may be empty"),
+    responses(
+        (status = 200, description = "The rollout: \
+            `{\"target\",\"version\",\"stage\",\"canary_percent\",\"canary_stores\",\"max_failures\",\
+            \"failures\",\"installed\",\"refused\",\"halted_reason\",\"started_at\",\"updated_at\"}`",
+            body = Object),
+        (status = 400, description = "`bad_path`, `bad_request`", body = ErrorBody),
+        (status = 404, description = "`no_rollout`", body = ErrorBody),
+        (status = 409, description = "`halted` (promote) or `not_halted` (resume)", body = ErrorBody),
+        (status = 422, description = "`invalid_target`, `invalid_reason` or `invalid_body`", body = ErrorBody),
+        AdminRefusals,
+    ))]
 async fn admin_halt(
     _: AdminAuth,
     State(state): State<AppState>,
@@ -1502,6 +1816,19 @@ async fn admin_halt(
 }
 
 /// `POST /v1/admin/rollouts/{target}/resume`: back to the canary ring, failures reset.
+#[utoipa::path(post, path = "/v1/admin/rollouts/{target}/resume", tag = "releases", security(("admin_token" = [])),
+    params(("target" = String, Path, description = "A target triple")),
+    responses(
+        (status = 200, description = "The rollout: \
+            `{\"target\",\"version\",\"stage\",\"canary_percent\",\"canary_stores\",\"max_failures\",\
+            \"failures\",\"installed\",\"refused\",\"halted_reason\",\"started_at\",\"updated_at\"}`",
+            body = Object),
+        (status = 400, description = "`bad_path`, `bad_request`", body = ErrorBody),
+        (status = 404, description = "`no_rollout`", body = ErrorBody),
+        (status = 409, description = "`halted` (promote) or `not_halted` (resume)", body = ErrorBody),
+        (status = 422, description = "`invalid_target`, `invalid_reason` or `invalid_body`", body = ErrorBody),
+        AdminRefusals,
+    ))]
 async fn admin_resume(
     _: AdminAuth,
     State(state): State<AppState>,
@@ -1511,6 +1838,12 @@ async fn admin_resume(
 }
 
 /// `GET /v1/admin/rollouts`: every target's rollout and the fleet's version spread.
+#[utoipa::path(get, path = "/v1/admin/rollouts", tag = "releases", security(("admin_token" = [])),
+    responses(
+        (status = 200, description = "`{\"rollouts\":[rollout],\"version_spread\":[{\"version\",\"tills\"}]}`",
+            body = Object),
+        AdminRefusals,
+    ))]
 async fn admin_list_rollouts(_: AdminAuth, State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
     let rollouts = state.db(|s| s.list_rollouts()).await?;
     let spread = state.db(|s| s.version_spread()).await?;
@@ -1520,13 +1853,24 @@ async fn admin_list_rollouts(_: AdminAuth, State(state): State<AppState>) -> Res
     Ok(Json(json!({"rollouts": rollouts, "version_spread": spread})))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 struct UpdateQuery {
+    /// The version the till runs (semantic version).
     version: String,
+    /// The till's target triple.
     target: String,
 }
 
 /// `GET /v1/sync/update?version=<running>&target=<triple>`: the release this till's store is offered, or 204.
+#[utoipa::path(get, path = "/v1/sync/update", tag = "releases", security(("till_credential" = [])), params(UpdateQuery),
+    responses(
+        (status = 200, description = "The release offered to this till's store",
+            body = storesync_shared::release::UpdateOffer),
+        (status = 204, description = "Nothing newer is offered"),
+        (status = 422, description = "`invalid_query`, `invalid_version` or `invalid_target`", body = ErrorBody),
+        TillRefusals,
+    ))]
 async fn sync_update(
     TillAuth(till): TillAuth,
     State(state): State<AppState>,
@@ -1563,6 +1907,21 @@ async fn sync_update(
 }
 
 /// `GET /v1/sync/releases/{version}/{target}/archive`: the signed archive, as uploaded.
+#[utoipa::path(get, path = "/v1/sync/releases/{version}/{target}/archive", tag = "releases",
+    security(("till_credential" = [])),
+    params(
+        ("version" = String, Path, description = "The release version"),
+        ("target" = String, Path, description = "A target triple"),
+    ),
+    responses(
+        (status = 200, description = "The archive as uploaded (save it under the `Content-Disposition` name: the \
+            zipsign signature is bound to it)",
+            body = inline(crate::openapi::Binary), content_type = "application/gzip",
+            headers(("content-disposition" = String))),
+        (status = 400, description = "`bad_path`", body = ErrorBody),
+        (status = 404, description = "`unknown_release`", body = ErrorBody),
+        TillRefusals,
+    ))]
 async fn sync_release_archive(
     TillAuth(_): TillAuth,
     State(state): State<AppState>,
@@ -1589,6 +1948,16 @@ async fn sync_release_archive(
 }
 
 /// `POST /v1/sync/update/report`: what became of a release at this till (the till is the credential's).
+#[utoipa::path(post, path = "/v1/sync/update/report", tag = "releases", security(("till_credential" = [])),
+    request_body = storesync_shared::release::UpdateReport,
+    responses(
+        (status = 200, description = "`{\"stage\",\"failures\"}` of the rollout the report counted against, or `{}`",
+            body = Object),
+        (status = 400, description = "`malformed_json`: the body is not JSON", body = ErrorBody),
+        (status = 413, description = "`body_too_large`", body = ErrorBody),
+        (status = 422, description = "`invalid_body`, `invalid_version` or `invalid_target`", body = ErrorBody),
+        TillRefusals,
+    ))]
 async fn sync_update_report(
     TillAuth(till): TillAuth,
     State(state): State<AppState>,

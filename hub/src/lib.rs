@@ -10,6 +10,8 @@
 
 pub mod api;
 pub mod docs;
+pub mod fleet;
+pub mod openapi;
 pub mod release;
 pub mod rollout;
 pub mod secrets;
@@ -140,6 +142,8 @@ pub struct Config {
     pub till_rate: TillRate,
     /// Agent release uploads.
     pub releases: ReleaseSettings,
+    /// When the fleet view calls a store stale or offline, and alerts.
+    pub fleet: fleet::FleetThresholds,
 }
 
 impl std::fmt::Debug for Config {
@@ -154,6 +158,7 @@ impl std::fmt::Debug for Config {
             .field("sync", &self.sync)
             .field("till_rate", &self.till_rate)
             .field("releases", &self.releases)
+            .field("fleet", &self.fleet)
             .finish_non_exhaustive()
     }
 }
@@ -173,6 +178,7 @@ impl Config {
             sync: SyncLimits::default(),
             till_rate: TillRate::default(),
             releases: ReleaseSettings::default(),
+            fleet: fleet::FleetThresholds::default(),
         }
     }
 }

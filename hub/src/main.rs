@@ -92,7 +92,8 @@ enum ReleaseCommand {
 
 #[derive(Debug, clap::Args)]
 struct ServeArgs {
-    /// A TOML file with any of: listen, data_dir, tls_cert, tls_key, insecure_allow_plaintext.
+    /// A TOML file with any of: listen, data_dir, tls_cert, tls_key, insecure_allow_plaintext, max_release_bytes,
+    /// release_keys, stale_after_s, offline_after_s, alert_offline_after_s, forecast_window_s.
     #[arg(long)]
     config: Option<PathBuf>,
     /// Address to listen on [default: 127.0.0.1:8080].
@@ -119,6 +120,18 @@ struct ServeArgs {
     /// The largest agent release upload, in bytes [default: 536870912, 512 MiB].
     #[arg(long, env = "STORESYNC_HUB_MAX_RELEASE_BYTES", value_parser = clap::value_parser!(u64).range(1..))]
     max_release_bytes: Option<u64>,
+    /// Fleet view: no contact for this long makes a store stale [default: 120].
+    #[arg(long, env = "STORESYNC_HUB_STALE_AFTER_S")]
+    stale_after_s: Option<u64>,
+    /// Fleet view: no contact for this long makes a store offline [default: 600].
+    #[arg(long, env = "STORESYNC_HUB_OFFLINE_AFTER_S")]
+    offline_after_s: Option<u64>,
+    /// Fleet view: offline this long raises an alert [default: 1800].
+    #[arg(long, env = "STORESYNC_HUB_ALERT_OFFLINE_AFTER_S")]
+    alert_offline_after_s: Option<u64>,
+    /// Fleet view: how far back the drain forecast looks, in seconds [default: 300].
+    #[arg(long, env = "STORESYNC_HUB_FORECAST_WINDOW_S")]
+    forecast_window_s: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -134,6 +147,10 @@ struct FileConfig {
     /// Base64 publisher public keys the hub checks release uploads against (empty: stores what it is given).
     #[serde(default)]
     release_keys: Vec<String>,
+    stale_after_s: Option<u64>,
+    offline_after_s: Option<u64>,
+    alert_offline_after_s: Option<u64>,
+    forecast_window_s: Option<u64>,
 }
 
 const DEFAULT_DATA_DIR: &str = "storesync-hub-data";
@@ -268,6 +285,18 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         config.releases.max_release_bytes = usize::try_from(n).context("--max-release-bytes is too large")?;
     }
     config.releases.release_keys = file.release_keys;
+    let fleet = &mut config.fleet;
+    for (value, slot) in [
+        (args.stale_after_s.or(file.stale_after_s), &mut fleet.stale_after_s),
+        (args.offline_after_s.or(file.offline_after_s), &mut fleet.offline_after_s),
+        (args.alert_offline_after_s.or(file.alert_offline_after_s), &mut fleet.alert_offline_after_s),
+        (args.forecast_window_s.or(file.forecast_window_s), &mut fleet.forecast_window_s),
+    ] {
+        if let Some(v) = value {
+            *slot = v;
+        }
+    }
+    config.fleet.check().map_err(|e| anyhow::anyhow!("fleet thresholds: {e}"))?;
 
     let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
     runtime.block_on(async move {

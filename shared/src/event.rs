@@ -28,7 +28,7 @@ pub const MAX_QTY: i64 = 1_000_000;
 pub const MAX_TEXT_CHARS: usize = 200;
 
 /// What happened at the till.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum EventKind {
     Sale,
@@ -76,7 +76,7 @@ fn schema_v1() -> u32 {
 }
 
 /// One line of a sale or return.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Line {
     pub sku: String,
@@ -87,7 +87,7 @@ pub struct Line {
 }
 
 /// A payment taken or a refund given.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Tender {
     pub method: String,
@@ -95,7 +95,7 @@ pub struct Tender {
 }
 
 /// `POST /v1/sales`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SaleBody {
     #[serde(default = "schema_v1")]
@@ -109,7 +109,7 @@ pub struct SaleBody {
 }
 
 /// `POST /v1/returns`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ReturnBody {
     #[serde(default = "schema_v1")]
@@ -126,7 +126,7 @@ pub struct ReturnBody {
 }
 
 /// `POST /v1/voids`: cancels an earlier sale or return of the same till.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct VoidBody {
     #[serde(default = "schema_v1")]
@@ -136,7 +136,7 @@ pub struct VoidBody {
     pub reason: String,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Direction {
     Out,
@@ -144,7 +144,7 @@ pub enum Direction {
 }
 
 /// One line of a transfer.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TransferLine {
     pub sku: String,
@@ -152,7 +152,7 @@ pub struct TransferLine {
 }
 
 /// `POST /v1/transfers`: kind `transfer_out` or `transfer_in` by `direction`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TransferBody {
     #[serde(default = "schema_v1")]
@@ -164,7 +164,7 @@ pub struct TransferBody {
     pub lines: Vec<TransferLine>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum AdjustmentReason {
     Count,
@@ -174,7 +174,7 @@ pub enum AdjustmentReason {
 }
 
 /// `POST /v1/adjustments`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AdjustmentBody {
     #[serde(default = "schema_v1")]

@@ -28,7 +28,7 @@ const SIGNING_CONTEXT: &[u8] = b"storesync release manifest v1\n";
 pub const MAX_MANIFEST_BYTES: usize = 8 * 1024;
 
 /// What a release says about itself. Signed as exact bytes; never re-serialised before verification.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ReleaseManifest {
     pub schema: u32,
@@ -228,7 +228,7 @@ pub fn check_offer(m: &ReleaseManifest, me: &AgentView<'_>) -> Result<(), Refusa
 
 /// `GET /v1/sync/update?version=<running>&target=<triple>`: the release the hub's rollout assigns to this till's
 /// store, when it differs from the running version (otherwise `204 No Content`).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct UpdateOffer {
     /// Base64 of the exact manifest bytes that were signed.
     pub manifest: String,
@@ -242,7 +242,7 @@ pub struct UpdateOffer {
 }
 
 /// What became of an offered release at a till.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum UpdateOutcome {
     /// The new version passed its health check and runs.
@@ -254,7 +254,7 @@ pub enum UpdateOutcome {
 }
 
 /// `POST /v1/sync/update/report`: a till tells the hub what became of a release. The till is the credential's.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct UpdateReport {
     /// The release the report is about.

@@ -9,15 +9,19 @@ use crate::canonical::{ChainError, ChainInput, canonical_json, event_hash};
 use crate::event::{EventBody, EventKind};
 
 /// One journal entry as the agent's `GET /v1/journal` and the upload protocol carry it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct JournalEvent {
     pub seq: u64,
     pub event_id: Uuid,
     pub kind: EventKind,
+    /// The body's `occurred_at` (RFC 3339 with an offset).
     pub occurred_at: String,
+    /// The body as journaled, by `kind`: a sale, return, void, transfer or adjustment body (without `event_id`).
     pub body: Value,
+    /// The hash of the entry before (lowercase hex; the till's genesis hash for seq 1).
     pub prev_hash: String,
+    /// SHA-256 over the entry and `prev_hash` (lowercase hex; see `canonical`).
     pub hash: String,
 }
 
@@ -83,14 +87,14 @@ pub fn check_body(seq: u64, kind: EventKind, occurred_at: &str, body: &Value) ->
 }
 
 /// The error body every storesync HTTP surface answers with.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ErrorBody {
     pub error: String,
     pub detail: String,
 }
 
 /// What the POS API answers to a write.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Receipt {
     pub event_id: Uuid,
     pub seq: u64,
@@ -105,7 +109,7 @@ pub const MAX_BATCH_BYTES: usize = 4 * 1024 * 1024;
 /// `POST /v1/sync/upload`: a run of consecutive journal entries of the till named by the credential.
 ///
 /// The store and till are never in the body: the hub takes them from the credential.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct UploadRequest {
     /// Random id made when the till's journal was created; a restore from backup keeps it.
@@ -127,7 +131,7 @@ pub struct UploadRequest {
 }
 
 /// The hub's answer to an upload: everything up to `acked_through` is stored at the hub.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct UploadAck {
     pub acked_through: u64,
     /// The hash of entry `acked_through` as the hub holds it (the genesis hash when 0).
@@ -140,7 +144,7 @@ pub struct UploadAck {
 }
 
 /// A refused upload. `expected_seq` is set for a gap: resend from there.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct UploadRefusal {
     pub error: String,
     pub detail: String,
@@ -151,7 +155,7 @@ pub struct UploadRefusal {
 }
 
 /// `POST /v1/enroll`: exchange a one-time code for a till credential.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct EnrollRequest {
     pub code: String,
@@ -160,7 +164,7 @@ pub struct EnrollRequest {
 }
 
 /// The answer to an enrolment: the till's identity and its secret, shown once.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct EnrollResponse {
     pub store_id: String,
     pub till_id: String,
@@ -168,7 +172,7 @@ pub struct EnrollResponse {
 }
 
 /// `GET /v1/sync/state`: where the hub stands for the calling till.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct TillState {
     pub store_id: String,
     pub till_id: String,
@@ -186,7 +190,7 @@ pub const EPOCH_HEADER: &str = "x-storesync-epoch";
 /// `cuts` names, per till, the last journal seq whose stock effect the snapshot's `base` counters already hold; a
 /// till re-applies its journal events after its cut into its own slot. `doc` is the base64 (standard alphabet,
 /// padded) of the saved automerge document; `None` for epoch 0, whose document is [`crate::crdt::genesis`].
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct EpochSnapshot {
     pub epoch: u64,
     pub cuts: std::collections::BTreeMap<String, u64>,

@@ -134,6 +134,11 @@ pub fn agent_cli(dir: &Path, args: &[&str]) -> Output {
 
 /// Starts a hub on `listen` (`127.0.0.1:0` for any port) with its data in `dir`, plain or with TLS files.
 pub fn start_hub(dir: &Path, listen: &str, tls: Option<&TlsFiles>, admin_token: &str) -> Running {
+    Running::start(hub_command(dir, listen, tls, admin_token), &dir.join("hub.log"))
+}
+
+/// The command [`start_hub`] runs, for a caller that adds to it (flags, environment) before [`Running::start`].
+pub fn hub_command(dir: &Path, listen: &str, tls: Option<&TlsFiles>, admin_token: &str) -> Command {
     let mut cmd = Command::new(bin("storesync-hub"));
     cmd.args(["serve", "--listen", listen]).arg("--data-dir").arg(dir);
     if let Some(t) = tls {
@@ -141,7 +146,7 @@ pub fn start_hub(dir: &Path, listen: &str, tls: Option<&TlsFiles>, admin_token: 
     }
     isolate(&mut cmd, dir);
     cmd.env("STORESYNC_ADMIN_TOKEN", admin_token);
-    Running::start(cmd, &dir.join("hub.log"))
+    cmd
 }
 
 /// `storesync-hub enroll-code`: the code is the last line of stdout.

@@ -112,6 +112,8 @@ pub(crate) fn run_all<S: Storage>(mut fresh: impl FnMut() -> S) {
     duplicate_event_id_is_refused(&fresh());
     tills_are_isolated(&fresh());
     events_page_in_hub_order(&fresh());
+    recent_events_are_newest_first_per_store(&fresh());
+    uploads_leave_spaced_progress_samples(&fresh());
     failed_attempts_are_counted(&fresh());
     documents_are_written_optimistically(&fresh());
     document_writes_are_all_or_nothing(&fresh());
@@ -339,6 +341,49 @@ fn events_page_in_hub_order<S: Storage>(s: &S) {
     let first = &s.list_events(None, 0, 1).unwrap()[0];
     assert_eq!(first.till, till.till);
     assert_eq!(first.body.as_bytes(), canonical_json(&chain(&till, 1, 0)[0].body));
+}
+
+fn recent_events_are_newest_first_per_store<S: Storage>(s: &S) {
+    let t1 = enroll(s, "S1", "T1", "code-1", "cred-1");
+    let t2 = enroll(s, "S1", "T2", "code-2", "cred-2");
+    let other = enroll(s, "S2", "T1", "code-3", "cred-3");
+    let (c1, c2) = (chain(&t1, 4, 0), chain(&t2, 3, 1));
+    s.append_batch(&t1, &upload(journal(), &c1[..2]), NOW).unwrap();
+    s.append_batch(&t2, &upload(journal(), &c2), NOW).unwrap();
+    s.append_batch(&other, &upload(journal(), &chain(&other, 5, 2)), NOW).unwrap();
+    s.append_batch(&t1, &upload(journal(), &c1), NOW).unwrap();
+    let got: Vec<(String, u64)> = s.recent_events("S1", 4).unwrap().into_iter().map(|e| (e.till, e.seq)).collect();
+    let want = [("T1", 4), ("T1", 3), ("T2", 3), ("T2", 2)];
+    assert_eq!(got, want.map(|(t, n)| (t.to_owned(), n)));
+    assert_eq!(s.recent_events("S1", 100).unwrap().len(), 7);
+    assert!(s.recent_events("S9", 10).unwrap().is_empty());
+}
+
+fn uploads_leave_spaced_progress_samples<S: Storage>(s: &S) {
+    use super::{SAMPLE_KEEP_S, SAMPLE_SPACING_S};
+    let till = enroll(s, "S1", "T1", "code-1", "cred-1");
+    let events = chain(&till, 30, 0);
+    let mut req = upload(journal(), &events[..10]);
+    req.last_seq = 30;
+    s.append_batch(&till, &req, NOW).unwrap();
+    // Within the spacing: no new sample.
+    let mut req = upload(journal(), &events[..20]);
+    req.last_seq = 30;
+    s.append_batch(&till, &req, NOW + SAMPLE_SPACING_S - 1).unwrap();
+    // A refused batch still samples where the till stands.
+    let mut broken = events[20..].to_vec();
+    broken[0].prev_hash = "0".repeat(64);
+    s.append_batch(&till, &upload(journal(), &broken), NOW + SAMPLE_SPACING_S).unwrap_err();
+    let samples = s.progress_samples(0).unwrap();
+    assert_eq!(samples.len(), 1);
+    let got: Vec<(i64, u64, u64)> = samples[0].samples.iter().map(|p| (p.at, p.reported_seq, p.hub_seq)).collect();
+    assert_eq!(got, vec![(NOW, 30, 10), (NOW + SAMPLE_SPACING_S, 30, 20)]);
+    assert_eq!(s.progress_samples(NOW + 1).unwrap()[0].samples.len(), 1);
+    // An upload an hour later prunes what aged out.
+    s.append_batch(&till, &upload(journal(), &events), NOW + SAMPLE_KEEP_S + SAMPLE_SPACING_S + 1).unwrap();
+    let got: Vec<u64> = s.progress_samples(0).unwrap()[0].samples.iter().map(|p| p.hub_seq).collect();
+    assert_eq!(got, vec![30]);
+    assert!(s.doc_sizes().unwrap().is_empty());
 }
 
 fn failed_attempts_are_counted<S: Storage>(s: &S) {

@@ -79,6 +79,31 @@ pub struct StoreView {
     pub tills: Vec<TillView>,
 }
 
+/// One observation of a till's sync progress, recorded by an upload at most every
+/// [`SAMPLE_SPACING_S`] and kept for [`SAMPLE_KEEP_S`]: the fleet view's trend and drain forecast read them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ProgressSample {
+    /// When the hub recorded it (unix seconds, hub clock).
+    pub at: i64,
+    /// The last seq the till reported having.
+    pub reported_seq: u64,
+    /// The last seq stored at the hub after that upload.
+    pub hub_seq: u64,
+}
+
+/// A till's recent [`ProgressSample`]s, oldest first.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TillSamples {
+    pub store: String,
+    pub till: String,
+    pub samples: Vec<ProgressSample>,
+}
+
+/// Uploads closer together than this share one progress sample.
+pub const SAMPLE_SPACING_S: i64 = 10;
+/// Progress samples older than this (relative to the till's newest upload) are pruned.
+pub const SAMPLE_KEEP_S: i64 = 3600;
+
 /// One stored journal event in hub order.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StoredEvent {
@@ -443,6 +468,15 @@ pub trait Storage: Send + Sync + 'static {
 
     /// The fleet view: every known store and till, sorted by store then till.
     fn list_stores(&self) -> Result<Vec<StoreView>, StorageError>;
+
+    /// Every till's progress samples recorded at or after `since`, by store then till.
+    fn progress_samples(&self, since: i64) -> Result<Vec<TillSamples>, StorageError>;
+
+    /// The bytes each store's document takes ([`DocMeta::saved_bytes`]), for stores that have one.
+    fn doc_sizes(&self) -> Result<std::collections::BTreeMap<String, u64>, StorageError>;
+
+    /// The store's newest `limit` events, newest first (in hub order).
+    fn recent_events(&self, store: &str, limit: usize) -> Result<Vec<StoredEvent>, StorageError>;
 
     /// Events after `after` (a hub position; 0 = from the start) in hub order, optionally of one store.
     fn list_events(&self, store: Option<&str>, after: i64, limit: usize) -> Result<Vec<StoredEvent>, StorageError>;

@@ -25,6 +25,9 @@
 //!   counters), `rollout_history` (rollouts replaced by a newer one, as `superseded`) and `update_reports` (every
 //!   report a till sent, kept). Archives live in the database so a backup of `hub.db` is a backup of everything;
 //!   an archive is read whole into memory to be served, which bounds releases to `max_release_bytes`.
+//! - `till_progress` (`(store, till, at)` → the till's reported seq and the hub's seq then): one sample per till
+//!   per `SAMPLE_SPACING_S` of uploads, written in the upload's transaction and pruned past `SAMPLE_KEEP_S`; the
+//!   fleet view's trend and drain forecast. Not part of the journal: rows are deleted as they age out.
 //! - Recovery: nothing to do beyond SQLite's own WAL recovery; all state is in the database.
 
 use std::collections::BTreeMap;
@@ -39,8 +42,9 @@ use uuid::Uuid;
 
 use super::{
     CompactError, CompactionInput, DocLoad, DocMeta, DocWrite, EpochRecord, IngestError, NewEnrollment, NewRelease,
-    NewRollout, NewUpdateReport, PutRelease, QuarantinedEvent, RedeemError, ReleaseInfo, ReleaseOutcome, ReportEffect,
-    Rollout, RolloutError, Storage, StorageError, StoreView, StoredEvent, TillId, TillView, UpdateCandidate,
+    NewRollout, NewUpdateReport, ProgressSample, PutRelease, QuarantinedEvent, RedeemError, ReleaseInfo,
+    ReleaseOutcome, ReportEffect, Rollout, RolloutError, SAMPLE_KEEP_S, SAMPLE_SPACING_S, Storage, StorageError,
+    StoreView, StoredEvent, TillId, TillSamples, TillView, UpdateCandidate,
 };
 use crate::rollout::{self, Stage, Transition};
 use storesync_shared::release::UpdateOutcome;
@@ -206,6 +210,15 @@ CREATE TABLE IF NOT EXISTS update_reports (
     at INTEGER NOT NULL
 );
 CREATE INDEX IF NOT EXISTS update_reports_release ON update_reports (version, target);
+CREATE TABLE IF NOT EXISTS till_progress (
+    store TEXT NOT NULL,
+    till TEXT NOT NULL,
+    at INTEGER NOT NULL,
+    reported_seq INTEGER NOT NULL,
+    hub_seq INTEGER NOT NULL,
+    PRIMARY KEY (store, till, at)
+);
+CREATE INDEX IF NOT EXISTS till_progress_at ON till_progress (at);
 "#;
 
 const READ_POOL_MAX: usize = 4;
@@ -445,6 +458,12 @@ fn ingest(
     Ok(UploadAck { acked_through: prev_seq, last_hash: prev_hash.to_owned(), quarantined })
 }
 
+/// The columns [`stored_event`] reads, from `events`.
+const EVENT_SELECT: &str = "SELECT hub_pos, event_id, store, till, seq, kind, occurred_at, body, hash,
+        EXISTS (SELECT 1 FROM quarantine q WHERE q.store = events.store AND q.till = events.till
+                AND q.seq = events.seq AND q.released_at IS NULL)
+     FROM events";
+
 /// A [`StoredEvent`] from columns 0..=9: hub_pos, event_id, store, till, seq, kind, occurred_at, body, hash,
 /// quarantined.
 fn stored_event(r: &rusqlite::Row<'_>) -> rusqlite::Result<StoredEvent> {
@@ -500,6 +519,21 @@ fn record_health(
             till.till
         ],
     )?;
+    let hub_seq = match outcome {
+        Ok(ack) => ack.acked_through.max(head.hub_seq),
+        Err(_) => head.hub_seq,
+    };
+    conn.prepare_cached(
+        "INSERT INTO till_progress (store, till, at, reported_seq, hub_seq)
+         SELECT ?1, ?2, ?3, ?4, ?5 WHERE NOT EXISTS
+           (SELECT 1 FROM till_progress WHERE store = ?1 AND till = ?2 AND at > ?3 - ?6)",
+    )?
+    .execute(params![till.store, till.till, now, to_i64(req.last_seq), to_i64(hub_seq), SAMPLE_SPACING_S])?;
+    conn.prepare_cached("DELETE FROM till_progress WHERE store = ?1 AND till = ?2 AND at < ?3")?.execute(params![
+        till.store,
+        till.till,
+        now - SAMPLE_KEEP_S
+    ])?;
     Ok(())
 }
 
@@ -922,14 +956,66 @@ impl Storage for SqliteStorage {
         })
     }
 
-    fn list_events(&self, store: Option<&str>, after: i64, limit: usize) -> Result<Vec<StoredEvent>, StorageError> {
+    fn progress_samples(&self, since: i64) -> Result<Vec<TillSamples>, StorageError> {
         self.with_reader(|conn| {
             let mut stmt = conn.prepare_cached(
-                "SELECT hub_pos, event_id, store, till, seq, kind, occurred_at, body, hash,
-                        EXISTS (SELECT 1 FROM quarantine q WHERE q.store = events.store AND q.till = events.till
-                                AND q.seq = events.seq AND q.released_at IS NULL)
-                 FROM events WHERE hub_pos > ?1 AND (?2 IS NULL OR store = ?2) ORDER BY hub_pos LIMIT ?3",
+                "SELECT store, till, at, reported_seq, hub_seq FROM till_progress WHERE at >= ?1
+                 ORDER BY store, till, at",
             )?;
+            let rows = stmt.query_map(params![since], |r| {
+                Ok((
+                    r.get::<_, String>(0)?,
+                    r.get::<_, String>(1)?,
+                    ProgressSample { at: r.get(2)?, reported_seq: to_u64(r.get(3)?), hub_seq: to_u64(r.get(4)?) },
+                ))
+            })?;
+            let mut out: Vec<TillSamples> = Vec::new();
+            for row in rows {
+                let (store, till, sample) = row?;
+                match out.last_mut() {
+                    Some(t) if t.store == store && t.till == till => t.samples.push(sample),
+                    _ => out.push(TillSamples { store, till, samples: vec![sample] }),
+                }
+            }
+            Ok(out)
+        })
+    }
+
+    fn doc_sizes(&self) -> Result<BTreeMap<String, u64>, StorageError> {
+        self.with_reader(|conn| {
+            let mut stmt = conn.prepare_cached("SELECT store, saved_bytes FROM store_docs")?;
+            let rows = stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, to_u64(r.get(1)?))))?;
+            Ok(rows.collect::<Result<BTreeMap<_, _>, _>>()?)
+        })
+    }
+
+    fn recent_events(&self, store: &str, limit: usize) -> Result<Vec<StoredEvent>, StorageError> {
+        self.with_reader(|conn| {
+            // Per till through the (store, till, seq) index, then merged: a scan of the global order backwards
+            // would walk every other store's events to find a quiet store's last few.
+            let tills: Vec<String> = conn
+                .prepare_cached("SELECT till FROM tills WHERE store = ?1")?
+                .query_map(params![store], |r| r.get(0))?
+                .collect::<Result<_, _>>()?;
+            let mut stmt = conn
+                .prepare_cached(&format!("{EVENT_SELECT} WHERE store = ?1 AND till = ?2 ORDER BY seq DESC LIMIT ?3"))?;
+            let n = i64::try_from(limit).unwrap_or(i64::MAX);
+            let mut out = Vec::new();
+            for till in &tills {
+                let rows = stmt.query_map(params![store, till, n], stored_event)?;
+                out.extend(rows.collect::<Result<Vec<_>, _>>()?);
+            }
+            out.sort_by_key(|e| std::cmp::Reverse(e.hub_pos));
+            out.truncate(limit);
+            Ok(out)
+        })
+    }
+
+    fn list_events(&self, store: Option<&str>, after: i64, limit: usize) -> Result<Vec<StoredEvent>, StorageError> {
+        self.with_reader(|conn| {
+            let mut stmt = conn.prepare_cached(&format!(
+                "{EVENT_SELECT} WHERE hub_pos > ?1 AND (?2 IS NULL OR store = ?2) ORDER BY hub_pos LIMIT ?3"
+            ))?;
             let limit = i64::try_from(limit).unwrap_or(i64::MAX);
             let rows = stmt.query_map(params![after, store, limit], stored_event)?;
             Ok(rows.collect::<Result<Vec<_>, _>>()?)

@@ -14,8 +14,8 @@ use storesync_tests::sales::{SKUS, sale};
 use uuid::Uuid;
 
 use crate::util::{
-    TOKEN, check_exactly_once, client, enroll, get_json, hub_client, hub_on_hand, on_hand, sell, status, sync_now,
-    wait_for_events,
+    TOKEN, check_exactly_once, client, enroll, get_json, hub_client, hub_on_hand, libfaketime, on_hand, sell, status,
+    sync_now, wait_for_events,
 };
 
 /// How much longer a `STORESYNC_LONG=1` campaign runs.
@@ -196,14 +196,6 @@ async fn a_flapping_link_loses_and_doubles_nothing_and_stock_converges() {
     }
     drop(proxy);
     hub.stop();
-}
-
-/// libfaketime's preload library, where Debian's `faketime` package puts it.
-fn libfaketime() -> Option<std::path::PathBuf> {
-    ["/usr/lib/x86_64-linux-gnu/faketime/libfaketimeMT.so.1", "/usr/lib/aarch64-linux-gnu/faketime/libfaketimeMT.so.1"]
-        .into_iter()
-        .map(std::path::PathBuf::from)
-        .find(|p| p.exists())
 }
 
 /// Clock jumps: the agent's wall clock runs a day ahead, then jumps two days back (to a day behind), then returns,

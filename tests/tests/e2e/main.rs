@@ -4,7 +4,9 @@
 
 mod agent_crash;
 mod agent_journal;
+mod browser;
 mod converge;
+mod dashboard;
 mod faults;
 mod metrics;
 mod outage;

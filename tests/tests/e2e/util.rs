@@ -184,3 +184,11 @@ pub(crate) async fn hub_on_hand(c: &reqwest::Client, hub: &str, token: &str, sto
     let v = get_json(c, format!("{hub}/v1/admin/stores/{store}/stock/{sku}"), token).await;
     v["on_hand"].as_i64().unwrap_or_else(|| panic!("{v}"))
 }
+
+/// libfaketime's preload library, where Debian's `faketime` package puts it.
+pub(crate) fn libfaketime() -> Option<std::path::PathBuf> {
+    ["/usr/lib/x86_64-linux-gnu/faketime/libfaketimeMT.so.1", "/usr/lib/aarch64-linux-gnu/faketime/libfaketimeMT.so.1"]
+        .into_iter()
+        .map(std::path::PathBuf::from)
+        .find(|p| p.exists())
+}

@@ -1,0 +1,334 @@
+//! The POS API's OpenAPI 3.1 document, served at `GET /openapi.json` (loopback and unauthenticated, like the rest
+//! of the POS API).
+//!
+//! Completeness: the router and this document are built from one list, [`crate::api::routes`], where every route
+//! is registered with `utoipa_axum::routes!` from its `#[utoipa::path]` handler. The tests below check the rest:
+//! every documented (method, path) is served (it reaches a handler, not the fallback, and is not 405), a
+//! documented path answers 405 to every method the document does not give it, and the endpoint table in
+//! docs/API.md (between `<!-- endpoints: agent -->` and `<!-- /endpoints -->`) names exactly the document's
+//! endpoints, as does every `` `METHOD /path` `` the POS API section of docs/API.md mentions.
+
+use std::sync::LazyLock;
+
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use utoipa::OpenApi;
+use utoipa::openapi::RefOr;
+use utoipa::openapi::schema::{KnownFormat, ObjectBuilder, Schema, SchemaFormat, Type};
+
+use storesync_shared::wire::{ErrorBody, Receipt};
+
+use crate::api::ApiError;
+
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "storesync agent: POS API",
+        description = "The store agent's POS API on 127.0.0.1: journal writes (answered after their COMMIT), stock \
+                       and price lookups, the journal, status and sync. Loopback only, no authentication. Every \
+                       error is `{\"error\": code, \"detail\": text}`. See docs/API.md."
+    ),
+    components(schemas(Receipt, ErrorBody)),
+    tags(
+        (name = "writes", description = "Journal writes: each answers a receipt once its COMMIT returned"),
+        (name = "reads", description = "Stock, prices, the journal and the status, from the local journal and cache"),
+        (name = "sync", description = "Sync with the hub and self-update, on demand"),
+        (name = "operations", description = "The staff status page, metrics and this document"),
+    )
+)]
+struct ApiDoc;
+
+/// The document's info and tags, before the routes add their operations.
+pub(crate) fn base() -> utoipa::openapi::OpenApi {
+    let mut doc = ApiDoc::openapi();
+    doc.info.version = crate::update::VERSION.to_owned();
+    doc
+}
+
+/// The POS write bodies: `event_id` travels beside the body ([`storesync_shared::event::parse_request`] takes it
+/// out before the body is read), so their schemas gain it here.
+const WRITE_BODIES: [&str; 5] = ["SaleBody", "ReturnBody", "VoidBody", "TransferBody", "AdjustmentBody"];
+
+/// The POS API's OpenAPI document: the operations of every route [`crate::api::router`] serves.
+pub fn document() -> utoipa::openapi::OpenApi {
+    let mut doc = crate::api::routes().into_openapi();
+    if let Some(components) = doc.components.as_mut() {
+        for name in WRITE_BODIES {
+            if let Some(RefOr::T(Schema::Object(obj))) = components.schemas.get_mut(name) {
+                let event_id = ObjectBuilder::new()
+                    .schema_type(Type::String)
+                    .format(Some(SchemaFormat::KnownFormat(KnownFormat::Uuid)))
+                    .description(Some(
+                        "The event's id; the agent assigns one when it is absent. A write repeated \
+                                       with the same id and body is journaled once.",
+                    ));
+                obj.properties.insert("event_id".to_owned(), event_id.into());
+            }
+        }
+    }
+    doc
+}
+
+/// The served document, encoded once.
+static DOCUMENT: LazyLock<Option<String>> = LazyLock::new(|| document().to_json().ok());
+
+/// `GET /openapi.json`: this document.
+#[utoipa::path(get, path = "/openapi.json", tag = "operations",
+    responses((status = 200, description = "The POS API's OpenAPI 3.1 document", body = Object)))]
+pub(crate) async fn openapi_json() -> Response {
+    match DOCUMENT.as_deref() {
+        Some(json) => ([(header::CONTENT_TYPE, "application/json")], json).into_response(),
+        None => ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", "the document cannot be encoded")
+            .into_response(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeSet;
+    use std::sync::{Arc, Mutex};
+
+    use axum::Router;
+    use axum::body::Body;
+    use axum::http::{Method, Request, StatusCode};
+    use tokio::sync::{Notify, watch};
+    use tower::ServiceExt as _;
+
+    use super::*;
+    use crate::journal::{IdentityClaim, Journal};
+    use crate::{AgentState, HubReach, SyncStatus};
+
+    /// `(METHOD, /path)` pairs.
+    type Endpoints = BTreeSet<(String, String)>;
+
+    fn documented() -> Endpoints {
+        let doc = document();
+        let mut out = Endpoints::new();
+        for (path, item) in &doc.paths.paths {
+            for (method, op) in [
+                ("GET", &item.get),
+                ("POST", &item.post),
+                ("PUT", &item.put),
+                ("PATCH", &item.patch),
+                ("DELETE", &item.delete),
+                ("HEAD", &item.head),
+                ("OPTIONS", &item.options),
+                ("TRACE", &item.trace),
+            ] {
+                if op.is_some() {
+                    out.insert((method.to_owned(), path.clone()));
+                }
+            }
+        }
+        out
+    }
+
+    /// A path with every `{param}` filled with a sample value.
+    fn sample(path: &str) -> String {
+        let mut out = String::new();
+        let mut rest = path;
+        while let Some(start) = rest.find('{') {
+            out.push_str(&rest[..start]);
+            let end = rest[start..].find('}').map_or(rest.len(), |e| start + e + 1);
+            out.push_str("SAMPLE-1");
+            rest = &rest[end..];
+        }
+        out.push_str(rest);
+        out
+    }
+
+    /// The POS API section of docs/API.md.
+    fn api_md_section() -> String {
+        let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/API.md")).unwrap();
+        let start = text.find("## The POS API").expect("docs/API.md has a POS API section");
+        let end = text[start..].find("\n## ").map_or(text.len(), |e| start + e);
+        text[start..end].to_owned()
+    }
+
+    /// The rows of the endpoint table between `<!-- endpoints: NAME -->` and `<!-- /endpoints -->`.
+    fn endpoint_table(text: &str, name: &str) -> Endpoints {
+        let open = format!("<!-- endpoints: {name} -->");
+        let start = text.find(&open).unwrap_or_else(|| panic!("docs/API.md has no {open} table")) + open.len();
+        let end = start + text[start..].find("<!-- /endpoints -->").expect("the endpoint table is closed");
+        let mut out = Endpoints::new();
+        for line in text[start..end].lines() {
+            let cells: Vec<&str> = line.split('|').map(|c| c.trim().trim_matches('`')).collect();
+            // `| METHOD | /path | ... |` splits into ["", METHOD, /path, ...].
+            if cells.len() > 3 && cells[2].starts_with('/') {
+                assert!(out.insert((cells[1].to_owned(), cells[2].to_owned())), "{line}: listed twice");
+            }
+        }
+        out
+    }
+
+    /// Every `` `METHOD /path`` the text mentions (query strings dropped).
+    fn mentioned(text: &str) -> Endpoints {
+        let mut out = Endpoints::new();
+        for chunk in text.split('`').skip(1).step_by(2) {
+            let Some((method, path)) = chunk.split_once(' ') else { continue };
+            if ["GET", "POST", "PUT", "PATCH", "DELETE"].contains(&method) && path.starts_with('/') {
+                let path = path.split(['?', ' ']).next().unwrap_or(path);
+                out.insert((method.to_owned(), path.to_owned()));
+            }
+        }
+        out
+    }
+
+    fn state(dir: &std::path::Path) -> (Arc<AgentState>, std::thread::JoinHandle<()>) {
+        let claim = IdentityClaim { store_id: Some("S1".into()), till_id: Some("T1".into()) };
+        let (journal, writer) = Journal::open(dir, &claim).unwrap();
+        // No update task listens: `POST /v1/update/check` answers 503 `stopping` at once.
+        let (update_checks, _) = tokio::sync::mpsc::channel(1);
+        let state = Arc::new(AgentState {
+            journal,
+            data_dir: dir.to_owned(),
+            sync: Mutex::new(SyncStatus {
+                hub: HubReach::NotConfigured,
+                hub_url: None,
+                last_sync_at: None,
+                last_error: None,
+                offline_since: None,
+            }),
+            sync_wake: Notify::new(),
+            sync_now: Notify::new(),
+            sync_requested: std::sync::atomic::AtomicU64::new(0),
+            sync_served: watch::channel(0).0,
+            update_cfg: crate::update::UpdateConfig::default(),
+            update: Mutex::new(crate::update::UpdateStatus::default()),
+            update_checks,
+            restart_into: Mutex::new(None),
+        });
+        (state, writer)
+    }
+
+    /// Sends one bodiless request; answers the status and the `error` code of a JSON error body.
+    async fn send(app: &Router, method: &str, path: &str) -> (StatusCode, Option<String>) {
+        let req = Request::builder()
+            .method(Method::from_bytes(method.as_bytes()).unwrap())
+            .uri(path)
+            .body(Body::empty())
+            .unwrap();
+        let res = app.clone().oneshot(req).await.unwrap();
+        let status = res.status();
+        let bytes = axum::body::to_bytes(res.into_body(), 1 << 20).await.unwrap();
+        let code = serde_json::from_slice::<serde_json::Value>(&bytes)
+            .ok()
+            .and_then(|v| v["error"].as_str().map(str::to_owned));
+        (status, code)
+    }
+
+    /// Runs `check` against the real router on a fresh journal.
+    fn with_router(check: impl AsyncFnOnce(&Router)) {
+        let dir = tempfile::tempdir().unwrap();
+        let (state, writer) = state(dir.path());
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        rt.block_on(check(&crate::api::router(state)));
+        writer.join().unwrap();
+    }
+
+    #[test]
+    fn every_documented_endpoint_reaches_a_handler() {
+        let endpoints = documented();
+        assert!(endpoints.len() >= 14, "{endpoints:?}");
+        with_router(async |app| {
+            for (method, path) in &endpoints {
+                let (status, code) = send(app, method, &sample(path)).await;
+                assert_ne!(status, StatusCode::METHOD_NOT_ALLOWED, "{method} {path}: documented, not routed");
+                assert!(
+                    !(status == StatusCode::NOT_FOUND && code.as_deref() == Some("not_found")),
+                    "{method} {path}: documented, but it reaches the fallback"
+                );
+            }
+            // The check can fail: the fallback is what an unknown endpoint gets.
+            assert_eq!(send(app, "GET", "/v1/no-such-thing").await, (StatusCode::NOT_FOUND, Some("not_found".into())));
+        });
+    }
+
+    #[test]
+    fn a_documented_path_serves_no_other_method() {
+        let endpoints = documented();
+        with_router(async |app| {
+            for path in endpoints.iter().map(|(_, p)| p).collect::<BTreeSet<_>>() {
+                for method in ["GET", "POST", "PUT", "PATCH", "DELETE"] {
+                    if !endpoints.contains(&(method.to_owned(), path.clone())) {
+                        let (status, _) = send(app, method, &sample(path)).await;
+                        assert_eq!(
+                            status,
+                            StatusCode::METHOD_NOT_ALLOWED,
+                            "{method} {path} is served but not documented"
+                        );
+                    }
+                }
+            }
+        });
+    }
+
+    #[test]
+    fn the_api_md_endpoint_table_is_the_document() {
+        let section = api_md_section();
+        let table = endpoint_table(&section, "agent");
+        let doc = documented();
+        let missing: Vec<_> = doc.difference(&table).collect();
+        let extra: Vec<_> = table.difference(&doc).collect();
+        assert!(missing.is_empty(), "in the OpenAPI document but not in docs/API.md's agent table: {missing:?}");
+        assert!(extra.is_empty(), "in docs/API.md's agent table but not in the OpenAPI document: {extra:?}");
+        let unknown: Vec<_> = mentioned(&section).into_iter().filter(|e| !doc.contains(e)).collect();
+        assert!(unknown.is_empty(), "docs/API.md's POS API section names endpoints the document lacks: {unknown:?}");
+    }
+
+    #[test]
+    fn the_served_document_is_the_document() {
+        with_router(async |app| {
+            let req = Request::get("/openapi.json").body(Body::empty()).unwrap();
+            let res = app.clone().oneshot(req).await.unwrap();
+            assert_eq!(res.status(), StatusCode::OK);
+            let bytes = axum::body::to_bytes(res.into_body(), 1 << 22).await.unwrap();
+            let served: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
+            assert_eq!(served, serde_json::to_value(document()).unwrap());
+            let sale = &served["components"]["schemas"]["SaleBody"]["properties"];
+            assert_eq!(sale["event_id"]["format"], "uuid", "write bodies document event_id");
+            assert!(sale["lines"].is_object());
+        });
+    }
+
+    /// Every `$ref` in `value`.
+    fn refs(value: &serde_json::Value, out: &mut BTreeSet<String>) {
+        match value {
+            serde_json::Value::Object(map) => {
+                for (k, v) in map {
+                    match (k.as_str(), v.as_str()) {
+                        ("$ref", Some(r)) => {
+                            out.insert(r.to_owned());
+                        }
+                        _ => refs(v, out),
+                    }
+                }
+            }
+            serde_json::Value::Array(items) => items.iter().for_each(|v| refs(v, out)),
+            _ => {}
+        }
+    }
+
+    #[test]
+    fn every_schema_reference_resolves() {
+        let doc = serde_json::to_value(document()).unwrap();
+        let mut found = BTreeSet::new();
+        refs(&doc, &mut found);
+        assert!(!found.is_empty());
+        for r in found {
+            let name = r.strip_prefix("#/components/schemas/").unwrap_or_else(|| panic!("{r}: not a schema reference"));
+            assert!(doc["components"]["schemas"][name].is_object(), "{r} does not resolve");
+        }
+    }
+
+    #[test]
+    fn the_table_parsers_read_what_they_should() {
+        let text = "x\n<!-- endpoints: t -->\n| method | path |\n| --- | --- |\n| `GET` | `/a/{b}` | y |\n\
+                    <!-- /endpoints -->\nsee `POST /v1/x?y=1` and `GET /z` but not `GETTER /q` or `/p`";
+        let want: Endpoints = [("GET".to_owned(), "/a/{b}".to_owned())].into();
+        assert_eq!(endpoint_table(text, "t"), want);
+        let want: Endpoints = [("POST", "/v1/x"), ("GET", "/z")].map(|(m, p)| (m.to_owned(), p.to_owned())).into();
+        assert_eq!(mentioned(text), want);
+        assert_eq!(sample("/v1/a/{store}/b/{sku}"), "/v1/a/SAMPLE-1/b/SAMPLE-1");
+    }
+}
