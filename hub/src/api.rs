@@ -427,13 +427,7 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for JsonBody<T> {
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
-        let bytes = Bytes::from_request(req, state).await.map_err(|rej: BytesRejection| {
-            if rej.status() == StatusCode::PAYLOAD_TOO_LARGE {
-                ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "body_too_large", "request body is too large")
-            } else {
-                ApiError::new(StatusCode::BAD_REQUEST, "bad_request", rej.body_text())
-            }
-        })?;
+        let bytes = Bytes::from_request(req, state).await.map_err(body_rejection)?;
         serde_json::from_slice::<T>(&bytes).map(JsonBody).map_err(|err| {
             use serde_json::error::Category;
             match err.classify() {
@@ -443,6 +437,15 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for JsonBody<T> {
                 Category::Data => ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_body", err.to_string()),
             }
         })
+    }
+}
+
+/// A body that could not be read: 413 `body_too_large` over the route's limit, else 400 `bad_request`.
+fn body_rejection(rej: BytesRejection) -> ApiError {
+    if rej.status() == StatusCode::PAYLOAD_TOO_LARGE {
+        ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "body_too_large", "request body is too large")
+    } else {
+        ApiError::new(StatusCode::BAD_REQUEST, "bad_request", rej.body_text())
     }
 }
 
@@ -1795,13 +1798,7 @@ async fn admin_halt(
     target: Result<Path<String>, PathRejection>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<Value>, ApiError> {
-    let body = body.map_err(|rej| {
-        if rej.status() == StatusCode::PAYLOAD_TOO_LARGE {
-            ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "body_too_large", "request body is too large")
-        } else {
-            ApiError::new(StatusCode::BAD_REQUEST, "bad_request", rej.body_text())
-        }
-    })?;
+    let body = body.map_err(body_rejection)?;
     let req: HaltRequest = if body.iter().all(u8::is_ascii_whitespace) {
         HaltRequest::default()
     } else {

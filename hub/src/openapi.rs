@@ -171,34 +171,25 @@ mod tests {
     use tower::ServiceExt as _;
     use utoipa::openapi::path::Operation;
 
+    use storesync_shared::apidoc::{self, Endpoint, sample_path};
+
     use super::*;
     use crate::api::AppState;
     use crate::{EnrollLimits, ManualClock};
 
+    /// docs/API.md, whose hub API section the tests hold to the document.
+    const API_MD: &str = include_str!("../../docs/API.md");
+
     /// `(METHOD, /path)` pairs.
-    type Endpoints = BTreeSet<(String, String)>;
+    type Endpoints = BTreeSet<Endpoint>;
 
     /// Every documented endpoint with the security schemes its operation names.
-    fn documented() -> BTreeMap<(String, String), BTreeSet<String>> {
+    fn documented() -> BTreeMap<Endpoint, BTreeSet<String>> {
         let doc = document();
-        let mut out = BTreeMap::new();
-        for (path, item) in &doc.paths.paths {
-            for (method, op) in [
-                ("GET", &item.get),
-                ("POST", &item.post),
-                ("PUT", &item.put),
-                ("PATCH", &item.patch),
-                ("DELETE", &item.delete),
-                ("HEAD", &item.head),
-                ("OPTIONS", &item.options),
-                ("TRACE", &item.trace),
-            ] {
-                if let Some(op) = op {
-                    out.insert((method.to_owned(), path.clone()), schemes(op));
-                }
-            }
-        }
-        out
+        apidoc::operations(&doc)
+            .into_iter()
+            .map(|(method, path, op)| ((method.to_owned(), path.to_owned()), schemes(op)))
+            .collect()
     }
 
     fn schemes(op: &Operation) -> BTreeSet<String> {
@@ -212,57 +203,9 @@ mod tests {
             .collect()
     }
 
-    /// A path with every `{param}` filled with a sample value.
-    fn sample(path: &str) -> String {
-        let mut out = String::new();
-        let mut rest = path;
-        while let Some(start) = rest.find('{') {
-            out.push_str(&rest[..start]);
-            let end = rest[start..].find('}').map_or(rest.len(), |e| start + e + 1);
-            out.push_str("SAMPLE-1");
-            rest = &rest[end..];
-        }
-        out.push_str(rest);
-        out
-    }
-
     /// The hub API section of docs/API.md.
-    fn api_md_section() -> String {
-        let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/API.md")).unwrap();
-        let start = text.find("## The hub API").expect("docs/API.md has a hub API section");
-        let end = text[start + 1..].find("\n## ").map_or(text.len(), |e| start + 1 + e);
-        text[start..end].to_owned()
-    }
-
-    /// The rows of the endpoint table between `<!-- endpoints: NAME -->` and `<!-- /endpoints -->`, with their
-    /// third cell (the auth column).
-    fn endpoint_table(text: &str, name: &str) -> BTreeMap<(String, String), String> {
-        let open = format!("<!-- endpoints: {name} -->");
-        let start = text.find(&open).unwrap_or_else(|| panic!("docs/API.md has no {open} table")) + open.len();
-        let end = start + text[start..].find("<!-- /endpoints -->").expect("the endpoint table is closed");
-        let mut out = BTreeMap::new();
-        for line in text[start..end].lines() {
-            let cells: Vec<&str> = line.split('|').map(|c| c.trim().trim_matches('`')).collect();
-            // `| METHOD | /path | auth | ... |` splits into ["", METHOD, /path, auth, ...].
-            if cells.len() > 4 && cells[2].starts_with('/') {
-                let key = (cells[1].to_owned(), cells[2].to_owned());
-                assert!(out.insert(key, cells[3].to_owned()).is_none(), "{line}: listed twice");
-            }
-        }
-        out
-    }
-
-    /// Every `` `METHOD /path`` the text mentions (query strings dropped).
-    fn mentioned(text: &str) -> Endpoints {
-        let mut out = Endpoints::new();
-        for chunk in text.split('`').skip(1).step_by(2) {
-            let Some((method, path)) = chunk.split_once(' ') else { continue };
-            if ["GET", "POST", "PUT", "PATCH", "DELETE"].contains(&method) && path.starts_with('/') {
-                let path = path.split(['?', ' ']).next().unwrap_or(path);
-                out.insert((method.to_owned(), path.to_owned()));
-            }
-        }
-        out
+    fn api_md_section() -> &'static str {
+        apidoc::section(API_MD, "## The hub API").expect("docs/API.md has a hub API section")
     }
 
     /// Sends one bodiless request without credentials; answers the status and the `error` code of a JSON body.
@@ -303,7 +246,7 @@ mod tests {
         with_router(async |app| {
             for ((method, path), schemes) in &endpoints {
                 assert!(schemes.is_subset(&known), "{method} {path}: unknown security scheme in {schemes:?}");
-                let (status, code) = send(app, method, &sample(path)).await;
+                let (status, code) = send(app, method, &sample_path(path)).await;
                 assert_ne!(status, StatusCode::METHOD_NOT_ALLOWED, "{method} {path}: documented, not routed");
                 assert!(
                     !(status == StatusCode::NOT_FOUND && code.as_deref() == Some("not_found")),
@@ -332,17 +275,9 @@ mod tests {
     fn a_documented_path_serves_no_other_method() {
         let endpoints: Endpoints = documented().into_keys().collect();
         with_router(async |app| {
-            for path in endpoints.iter().map(|(_, p)| p).collect::<BTreeSet<_>>() {
-                for method in ["GET", "POST", "PUT", "PATCH", "DELETE"] {
-                    if !endpoints.contains(&(method.to_owned(), path.clone())) {
-                        let (status, _) = send(app, method, &sample(path)).await;
-                        assert_eq!(
-                            status,
-                            StatusCode::METHOD_NOT_ALLOWED,
-                            "{method} {path} is served but not documented"
-                        );
-                    }
-                }
+            for (method, path) in apidoc::other_methods(&endpoints) {
+                let (status, _) = send(app, &method, &sample_path(&path)).await;
+                assert_eq!(status, StatusCode::METHOD_NOT_ALLOWED, "{method} {path} is served but not documented");
             }
         });
     }
@@ -350,7 +285,11 @@ mod tests {
     #[test]
     fn the_api_md_endpoint_table_is_the_document() {
         let section = api_md_section();
-        let rows = endpoint_table(&section, "hub");
+        let rows: BTreeMap<Endpoint, Vec<String>> = apidoc::endpoint_table(section, "hub")
+            .unwrap_or_else(|e| panic!("docs/API.md: {e}"))
+            .into_iter()
+            .map(|row| (row.endpoint(), row.rest))
+            .collect();
         let table: Endpoints = rows.keys().cloned().collect();
         let documented = documented();
         let doc: Endpoints = documented.keys().cloned().collect();
@@ -365,9 +304,13 @@ mod tests {
                 [TILL_CREDENTIAL] => "till",
                 _ => "several",
             };
-            assert_eq!(rows[endpoint], auth, "{endpoint:?}: docs/API.md's auth column differs from the document");
+            assert_eq!(
+                rows[endpoint].first().map(String::as_str),
+                Some(auth),
+                "{endpoint:?}: docs/API.md's auth column differs from the document"
+            );
         }
-        let unknown: Vec<_> = mentioned(&section).into_iter().filter(|e| !doc.contains(e)).collect();
+        let unknown: Vec<_> = apidoc::mentioned(section).into_iter().filter(|e| !doc.contains(e)).collect();
         assert!(unknown.is_empty(), "docs/API.md's hub API section names endpoints the document lacks: {unknown:?}");
     }
 
@@ -387,44 +330,11 @@ mod tests {
         });
     }
 
-    /// Every `$ref` in `value`.
-    fn refs(value: &serde_json::Value, out: &mut BTreeSet<String>) {
-        match value {
-            serde_json::Value::Object(map) => {
-                for (k, v) in map {
-                    match (k.as_str(), v.as_str()) {
-                        ("$ref", Some(r)) => {
-                            out.insert(r.to_owned());
-                        }
-                        _ => refs(v, out),
-                    }
-                }
-            }
-            serde_json::Value::Array(items) => items.iter().for_each(|v| refs(v, out)),
-            _ => {}
-        }
-    }
-
     #[test]
     fn every_schema_reference_resolves() {
         let doc = serde_json::to_value(document()).unwrap();
-        let mut found = BTreeSet::new();
-        refs(&doc, &mut found);
-        assert!(!found.is_empty());
-        for r in found {
-            let name = r.strip_prefix("#/components/schemas/").unwrap_or_else(|| panic!("{r}: not a schema reference"));
-            assert!(doc["components"]["schemas"][name].is_object(), "{r} does not resolve");
-        }
-    }
-
-    #[test]
-    fn the_table_parsers_read_what_they_should() {
-        let text = "x\n<!-- endpoints: t -->\n| method | path | auth |\n| --- | --- | --- |\n| `GET` | `/a/{b}` | y |\n\
-                    <!-- /endpoints -->\nsee `POST /v1/x?y=1` and `GET /z` but not `GETTER /q` or `/p`";
-        let want = BTreeMap::from([(("GET".to_owned(), "/a/{b}".to_owned()), "y".to_owned())]);
-        assert_eq!(endpoint_table(text, "t"), want);
-        let want: Endpoints = [("POST", "/v1/x"), ("GET", "/z")].map(|(m, p)| (m.to_owned(), p.to_owned())).into();
-        assert_eq!(mentioned(text), want);
-        assert_eq!(sample("/v1/a/{store}/b/{sku}"), "/v1/a/SAMPLE-1/b/SAMPLE-1");
+        assert!(!apidoc::refs(&doc).is_empty());
+        let unresolved = apidoc::unresolved_refs(&doc);
+        assert!(unresolved.is_empty(), "these references name no schema of the document: {unresolved:?}");
     }
 }

@@ -5,11 +5,13 @@
 //! - [`crdt`]: the layout of a store's automerge document (stock counters, prices) and pure helpers on it;
 //! - [`wire`]: the agent ↔ hub protocol types;
 //! - [`release`]: signed release manifests and the rules an agent applies before it self-updates;
-//! - [`metrics`]: the process's Prometheus registry, rendered as text by both binaries' `/metrics`.
+//! - [`metrics`]: the process's Prometheus registry, rendered as text by both binaries' `/metrics`;
+//! - [`apidoc`]: what the binaries' OpenAPI tests read out of a document and out of docs/API.md's text.
 //!
 //! Architecture invariant: this crate does no I/O. It knows nothing of SQL, HTTP, files or tokio, so that every
 //! rule about what an event *is* lives in one place and both binaries apply it identically.
 
+pub mod apidoc;
 pub mod canonical;
 pub mod crdt;
 pub mod event;
