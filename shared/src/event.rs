@@ -259,7 +259,13 @@ fn parse_uuid(s: &str, field: &str) -> Result<Uuid, ValidationError> {
     Uuid::parse_str(s).map_err(|e| ValidationError::new("invalid_event_id", format!("{field} is not a UUID: {e}")))
 }
 
-fn from_value<T: serde::de::DeserializeOwned>(value: Value) -> Result<T, ValidationError> {
+/// Deserializes `T` from an owned [`Value`] (its strings move) or a `&Value` (nothing is cloned first).
+fn from_value<'de, T, D>(value: D) -> Result<T, ValidationError>
+where
+    T: serde::Deserialize<'de>,
+    D: serde::Deserializer<'de>,
+    D::Error: std::fmt::Display,
+{
     serde_path_to_error::deserialize(value).map_err(|e| {
         let path = e.path().to_string();
         let inner = e.into_inner().to_string();
@@ -268,17 +274,30 @@ fn from_value<T: serde::de::DeserializeOwned>(value: Value) -> Result<T, Validat
     })
 }
 
+/// Refuses a body that names a schema version other than this build's.
+fn check_schema(value: &Value) -> Result<(), ValidationError> {
+    match value.get("schema") {
+        Some(schema) if schema.as_u64() != Some(u64::from(SCHEMA_VERSION)) => Err(ValidationError::new(
+            "unsupported_schema",
+            format!("schema {schema} is not supported; this agent speaks schema {SCHEMA_VERSION}"),
+        )),
+        _ => Ok(()),
+    }
+}
+
 impl EventBody {
     /// Deserializes a body of the given type. Does not validate; see [`EventBody::validate`].
     pub fn from_value(ty: BodyType, value: Value) -> Result<EventBody, ValidationError> {
-        if let Some(schema) = value.get("schema")
-            && schema.as_u64() != Some(u64::from(SCHEMA_VERSION))
-        {
-            return Err(ValidationError::new(
-                "unsupported_schema",
-                format!("schema {schema} is not supported; this agent speaks schema {SCHEMA_VERSION}"),
-            ));
-        }
+        check_schema(&value)?;
+        EventBody::typed(ty, value)
+    }
+
+    /// The typed body of `ty` from any deserializer of a JSON value whose schema was checked.
+    fn typed<'de, D>(ty: BodyType, value: D) -> Result<EventBody, ValidationError>
+    where
+        D: serde::Deserializer<'de>,
+        D::Error: std::fmt::Display,
+    {
         Ok(match ty {
             BodyType::Sale => EventBody::Sale(from_value(value)?),
             BodyType::Return => EventBody::Return(from_value(value)?),
@@ -290,7 +309,18 @@ impl EventBody {
 
     /// Reads back a stored body of a known kind, checking that the kind and the body agree.
     pub fn from_stored(kind: EventKind, value: Value) -> Result<EventBody, ValidationError> {
-        let body = EventBody::from_value(BodyType::for_kind(kind), value)?;
+        check_schema(&value)?;
+        EventBody::checked_kind(kind, EventBody::typed(BodyType::for_kind(kind), value)?)
+    }
+
+    /// [`EventBody::from_stored`] from a borrowed body, without copying it first (the hub checks every uploaded
+    /// body this way).
+    pub fn from_stored_ref(kind: EventKind, value: &Value) -> Result<EventBody, ValidationError> {
+        check_schema(value)?;
+        EventBody::checked_kind(kind, EventBody::typed(BodyType::for_kind(kind), value)?)
+    }
+
+    fn checked_kind(kind: EventKind, body: EventBody) -> Result<EventBody, ValidationError> {
         if body.kind() != kind {
             return Err(ValidationError::new(
                 "kind_mismatch",
