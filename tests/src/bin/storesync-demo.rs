@@ -73,6 +73,8 @@ async fn main() -> anyhow::Result<()> {
     println!("storesync demo is running (ctrl-c to stop)");
     println!("  hub:          {hub_url}   admin token: {token}");
     println!("  POS API:      http://{}   (store {}, till {})", args.pos_listen, args.store, args.till);
+    println!("  dashboard:    {hub_url}/   (sign in with the admin token)");
+    println!("  status page:  http://{}/   (what the store staff see)", args.pos_listen);
     println!("  data:         {}", args.data_dir.display());
     println!();
     println!("try:");
