@@ -68,6 +68,8 @@ struct Inner {
     max_release_bytes: usize,
     /// When stores count as stale or offline in the fleet view.
     pub(crate) fleet: crate::fleet::FleetThresholds,
+    /// Wakes the delivery workers after an ingest stored events.
+    outbox_wake: Arc<tokio::sync::Notify>,
 }
 
 /// What every handler shares.
@@ -113,6 +115,7 @@ impl AppState {
             release_keys: Vec::new(),
             max_release_bytes: crate::DEFAULT_MAX_RELEASE_BYTES,
             fleet: crate::fleet::FleetThresholds::default(),
+            outbox_wake: Arc::new(tokio::sync::Notify::new()),
         }))
     }
 
@@ -145,6 +148,20 @@ impl AppState {
             .map_err(|_| anyhow::anyhow!("fleet thresholds must be set before the hub state is shared"))?;
         inner.fleet = fleet;
         Ok(AppState(Arc::new(inner)))
+    }
+
+    /// What the delivery workers need from this state ([`crate::outbox`]).
+    pub fn delivery(&self, settings: crate::outbox::DeliverySettings) -> crate::outbox::Delivery {
+        crate::outbox::Delivery {
+            storage: self.0.storage.clone(),
+            clock: self.0.clock.clone(),
+            settings,
+            wake: self.0.outbox_wake.clone(),
+        }
+    }
+
+    pub(crate) fn outbox_wake(&self) -> &tokio::sync::Notify {
+        &self.0.outbox_wake
     }
 
     /// The fleet view's thresholds.
@@ -282,6 +299,7 @@ pub(crate) fn routes(limits: &BodyLimits) -> OpenApiRouter<AppState> {
         .routes(routes!(metrics_endpoint))
         .routes(routes!(crate::openapi::openapi_json))
         .merge(crate::fleet::routes())
+        .merge(crate::subscriptions::routes())
         .layer(DefaultBodyLimit::max(MAX_SMALL_BODY))
         .merge(upload)
         .merge(sync_doc)
@@ -719,6 +737,9 @@ async fn upload(
             metrics::gauge!("storesync_hub_till_oldest_unsynced_age_seconds", &labels).set(age as f64);
             tracing::debug!(store_id = %till.store, till_id = %till.till, events = n,
                             acked_through = ack.acked_through, "upload acknowledged");
+            if n > 0 {
+                state.outbox_wake().notify_waiters();
+            }
             if !ack.quarantined.is_empty() {
                 warn!(store_id = %till.store, till_id = %till.till, seqs = ?ack.quarantined,
                       "events stored in quarantine: this hub cannot process their bodies (see /v1/admin/quarantine)");

@@ -12,11 +12,13 @@ pub mod api;
 pub mod docs;
 pub mod fleet;
 pub mod openapi;
+pub mod outbox;
 pub mod release;
 pub mod rollout;
 pub mod secrets;
 pub mod server;
 pub mod storage;
+pub mod subscriptions;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -144,6 +146,8 @@ pub struct Config {
     pub releases: ReleaseSettings,
     /// When the fleet view calls a store stale or offline, and alerts.
     pub fleet: fleet::FleetThresholds,
+    /// How events are passed on to subscriptions.
+    pub delivery: outbox::DeliverySettings,
 }
 
 impl std::fmt::Debug for Config {
@@ -159,6 +163,7 @@ impl std::fmt::Debug for Config {
             .field("till_rate", &self.till_rate)
             .field("releases", &self.releases)
             .field("fleet", &self.fleet)
+            .field("delivery", &self.delivery)
             .finish_non_exhaustive()
     }
 }
@@ -179,6 +184,7 @@ impl Config {
             till_rate: TillRate::default(),
             releases: ReleaseSettings::default(),
             fleet: fleet::FleetThresholds::default(),
+            delivery: outbox::DeliverySettings::default(),
         }
     }
 }

@@ -132,6 +132,9 @@ struct ServeArgs {
     /// Fleet view: how far back the drain forecast looks, in seconds [default: 300].
     #[arg(long, env = "STORESYNC_HUB_FORECAST_WINDOW_S")]
     forecast_window_s: Option<u64>,
+    /// Event delivery: the longest wait between two attempts, in seconds [default: 600].
+    #[arg(long, env = "STORESYNC_HUB_DELIVERY_BACKOFF_MAX_S", value_parser = clap::value_parser!(u64).range(1..=86_400))]
+    delivery_backoff_max_s: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -151,6 +154,7 @@ struct FileConfig {
     offline_after_s: Option<u64>,
     alert_offline_after_s: Option<u64>,
     forecast_window_s: Option<u64>,
+    delivery_backoff_max_s: Option<u64>,
 }
 
 const DEFAULT_DATA_DIR: &str = "storesync-hub-data";
@@ -297,6 +301,12 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         }
     }
     config.fleet.check().map_err(|e| anyhow::anyhow!("fleet thresholds: {e}"))?;
+    if let Some(s) = args.delivery_backoff_max_s.or(file.delivery_backoff_max_s) {
+        if !(1..=86_400).contains(&s) {
+            bail!("delivery_backoff_max_s must be from 1 to 86400 seconds");
+        }
+        config.delivery.backoff_max = std::time::Duration::from_secs(s);
+    }
 
     let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
     runtime.block_on(async move {

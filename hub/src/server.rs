@@ -39,6 +39,8 @@ pub struct Server {
     tls: Option<TlsAcceptor>,
     app: Router,
     grace: Duration,
+    /// The delivery workers' share of the state ([`crate::outbox`]).
+    delivery: crate::outbox::Delivery,
 }
 
 impl std::fmt::Debug for Server {
@@ -60,7 +62,8 @@ pub async fn bind(config: Config) -> anyhow::Result<Server> {
     let state = AppState::open(&config)?;
     let listener = TcpListener::bind(config.listen).await.with_context(|| format!("binding {}", config.listen))?;
     let local_addr = listener.local_addr().context("reading the bound address")?;
-    Ok(Server { listener, local_addr, tls, app: crate::api::router(state), grace: config.shutdown_grace })
+    let delivery = state.delivery(config.delivery);
+    Ok(Server { listener, local_addr, tls, app: crate::api::router(state), grace: config.shutdown_grace, delivery })
 }
 
 fn load_tls(files: &TlsFiles) -> anyhow::Result<TlsAcceptor> {
@@ -100,6 +103,7 @@ impl Server {
     pub async fn serve(self, shutdown: CancellationToken) -> anyhow::Result<()> {
         let tracker = TaskTracker::new();
         info!(addr = %self.local_addr, tls = self.tls.is_some(), "hub listening");
+        let delivery = tokio::spawn(crate::outbox::run(self.delivery.clone(), shutdown.clone()));
         loop {
             let (stream, peer) = tokio::select! {
                 () = shutdown.cancelled() => break,
@@ -137,6 +141,9 @@ impl Server {
         info!(connections = tracker.len(), "shutting down: draining connections");
         if tokio::time::timeout(self.grace, tracker.wait()).await.is_err() {
             warn!(connections = tracker.len(), "shutdown grace period over, dropping open connections");
+        }
+        if tokio::time::timeout(self.grace, delivery).await.is_err() {
+            warn!("shutdown grace period over, delivery workers still running");
         }
         info!("hub stopped");
         Ok(())

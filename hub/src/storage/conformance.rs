@@ -114,6 +114,7 @@ pub(crate) fn run_all<S: Storage>(mut fresh: impl FnMut() -> S) {
     events_page_in_hub_order(&fresh());
     recent_events_are_newest_first_per_store(&fresh());
     uploads_leave_spaced_progress_samples(&fresh());
+    the_outbox_feeds_subscriptions_in_order(&fresh());
     failed_attempts_are_counted(&fresh());
     documents_are_written_optimistically(&fresh());
     document_writes_are_all_or_nothing(&fresh());
@@ -386,6 +387,62 @@ fn uploads_leave_spaced_progress_samples<S: Storage>(s: &S) {
     assert!(s.doc_sizes().unwrap().is_empty());
 }
 
+fn the_outbox_feeds_subscriptions_in_order<S: Storage>(s: &S) {
+    use super::{NewSubscription, ReplaySelector};
+    let a = enroll(s, "A", "T1", "code-1", "cred-1");
+    let b = enroll(s, "B", "T1", "code-2", "cred-2");
+    s.append_batch(&a, &upload(journal(), &chain(&a, 2, 0)), NOW).unwrap();
+    s.append_batch(&b, &upload(journal(), &chain(&b, 2, 1)), NOW).unwrap();
+    s.append_batch(&a, &upload(journal(), &chain(&a, 3, 0)), NOW + 1).unwrap();
+    let spec = |id: &str, stores: &[&str]| NewSubscription {
+        id: id.into(),
+        kind: "webhook".into(),
+        url: "http://127.0.0.1:9/hook".into(),
+        secret: "0123456789abcdef".into(),
+        kinds: vec![],
+        stores: stores.iter().map(|s| (*s).to_owned()).collect(),
+        batch_size: 100,
+        max_attempts: 3,
+    };
+    let all = spec("all", &[]);
+    s.create_subscription(&all, NOW).unwrap();
+    assert!(matches!(s.create_subscription(&all, NOW), Err(StorageError::Conflict)));
+    let order: Vec<(String, u64)> =
+        s.outbox_after(&all, 0, 100).unwrap().iter().map(|e| (e.event.store.clone(), e.event.seq)).collect();
+    let want = [("A", 1), ("A", 2), ("B", 1), ("B", 2), ("A", 3)];
+    assert_eq!(order, want.map(|(st, n)| (st.to_owned(), n)));
+    let only_a: Vec<u64> = s.outbox_after(&spec("a", &["A"]), 0, 100).unwrap().iter().map(|e| e.event.seq).collect();
+    assert_eq!(only_a, vec![1, 2, 3]);
+
+    let entries = s.outbox_after(&all, 0, 100).unwrap();
+    s.delivered("all", entries[1].pos, NOW).unwrap();
+    s.delivered("all", entries[0].pos, NOW).unwrap(); // never backwards
+    assert_eq!(s.subscription("all").unwrap().unwrap().cursor, entries[1].pos);
+    s.delivery_failed("all", "receiver answered 500", NOW).unwrap();
+    s.dead_letter("all", &entries[2], 3, "receiver answered 422", NOW + 5).unwrap();
+    let sub = &s.list_subscriptions().unwrap()[0];
+    assert_eq!((sub.cursor, sub.lag, sub.dead_letters), (entries[2].pos, 2, 1));
+    assert_eq!(sub.last_error.as_deref(), Some("receiver answered 422"));
+    let dead = s.list_dead_letters("all").unwrap();
+    assert_eq!((dead.len(), dead[0].store.as_str(), dead[0].seq, dead[0].attempts), (1, "B", 1, 3));
+    assert!(s.pending_replays("all", 10).unwrap().is_empty());
+    assert_eq!(s.request_replay("all", &ReplaySelector::DeadBetween(NOW + 6, NOW + 9), NOW).unwrap(), 0);
+    assert_eq!(s.request_replay("all", &ReplaySelector::Ids(vec![dead[0].id]), NOW + 10).unwrap(), 1);
+    let pending = s.pending_replays("all", 10).unwrap();
+    assert_eq!((pending.len(), pending[0].0, pending[0].1.pos), (1, dead[0].id, entries[2].pos));
+    s.replayed(dead[0].id, NOW + 11).unwrap();
+    assert!(s.pending_replays("all", 10).unwrap().is_empty());
+    assert_eq!(s.list_dead_letters("all").unwrap()[0].replayed_at, Some(NOW + 11));
+    assert_eq!(s.list_subscriptions().unwrap()[0].dead_letters, 0);
+
+    assert!(s.rewind_subscription("all", 0).unwrap());
+    assert_eq!(s.list_subscriptions().unwrap()[0].lag, 5);
+    assert!(!s.rewind_subscription("nope", 0).unwrap());
+    assert!(s.delete_subscription("all").unwrap());
+    assert!(s.subscription("all").unwrap().is_none() && s.list_dead_letters("all").unwrap().is_empty());
+    assert!(!s.delete_subscription("all").unwrap());
+}
+
 fn failed_attempts_are_counted<S: Storage>(s: &S) {
     for i in 0..3 {
         s.record_failed_attempt("10.0.0.1", NOW + i).unwrap();
@@ -646,6 +703,18 @@ fn unprocessable_events_are_quarantined_and_block_nothing<S: Storage>(s: &S) {
     assert_eq!((view.hub_seq, view.quarantined, view.chain_ok), (3, 1, true));
     let flags: Vec<bool> = s.list_events(None, 0, 10).unwrap().iter().map(|e| e.quarantined).collect();
     assert_eq!(flags, [false, true, false]);
+    let every = super::NewSubscription {
+        id: "every".into(),
+        kind: "webhook".into(),
+        url: "http://127.0.0.1:9/".into(),
+        secret: "0123456789abcdef".into(),
+        kinds: vec![],
+        stores: vec![],
+        batch_size: 100,
+        max_attempts: 3,
+    };
+    let outbox = |s: &S| -> Vec<u64> { s.outbox_after(&every, 0, 10).unwrap().iter().map(|e| e.event.seq).collect() };
+    assert_eq!(outbox(s), [1, 3], "a quarantined event is held out of the outbox");
     let held = s.list_quarantine(None, false, 0, 10).unwrap();
     assert_eq!(held.len(), 1);
     assert_eq!((held[0].event.seq, held[0].event.event_id, held[0].released_at), (2, Uuid::from_u128(0xc1), None));
@@ -672,6 +741,7 @@ fn unprocessable_events_are_quarantined_and_block_nothing<S: Storage>(s: &S) {
     assert_eq!((released, seen.get()), (ReleaseOutcome::Released, 2), "the check saw the stored event");
     assert_eq!(s.release_quarantined(&till, 2, NOW, &|_| Ok(())).unwrap(), ReleaseOutcome::NotQuarantined);
     assert!(s.list_quarantine(None, false, 0, 10).unwrap().is_empty());
+    assert_eq!(outbox(s), [1, 3, 2], "released, it goes out after what was already there");
     let all = s.list_quarantine(None, true, 0, 10).unwrap();
     assert_eq!((all.len(), all[0].released_at, all[0].event.quarantined), (1, Some(NOW + 2), false));
     assert_eq!(s.list_stores().unwrap()[0].tills[0].quarantined, 0);

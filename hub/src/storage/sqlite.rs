@@ -41,10 +41,11 @@ use storesync_shared::wire::{MAX_BATCH_EVENTS, TillState, UploadAck, UploadReque
 use uuid::Uuid;
 
 use super::{
-    CompactError, CompactionInput, DocLoad, DocMeta, DocWrite, EpochRecord, IngestError, NewEnrollment, NewRelease,
-    NewRollout, NewUpdateReport, ProgressSample, PutRelease, QuarantinedEvent, RedeemError, ReleaseInfo,
-    ReleaseOutcome, ReportEffect, Rollout, RolloutError, SAMPLE_KEEP_S, SAMPLE_SPACING_S, Storage, StorageError,
-    StoreView, StoredEvent, TillId, TillSamples, TillView, UpdateCandidate,
+    CompactError, CompactionInput, DeadLetter, DocLoad, DocMeta, DocWrite, EpochRecord, IngestError, NewEnrollment,
+    NewRelease, NewRollout, NewSubscription, NewUpdateReport, OutboxEntry, ProgressSample, PutRelease,
+    QuarantinedEvent, RedeemError, ReleaseInfo, ReleaseOutcome, ReplaySelector, ReportEffect, Rollout, RolloutError,
+    SAMPLE_KEEP_S, SAMPLE_SPACING_S, Storage, StorageError, StoreView, StoredEvent, Subscription, TillId, TillSamples,
+    TillView, UpdateCandidate,
 };
 use crate::rollout::{self, Stage, Transition};
 use storesync_shared::release::UpdateOutcome;
@@ -219,7 +220,44 @@ CREATE TABLE IF NOT EXISTS till_progress (
     PRIMARY KEY (store, till, at)
 );
 CREATE INDEX IF NOT EXISTS till_progress_at ON till_progress (at);
+CREATE TABLE IF NOT EXISTS outbox (
+    pos INTEGER PRIMARY KEY AUTOINCREMENT,
+    hub_pos INTEGER NOT NULL UNIQUE
+);
+CREATE TABLE IF NOT EXISTS subscriptions (
+    id TEXT PRIMARY KEY,
+    kind TEXT NOT NULL,
+    url TEXT NOT NULL,
+    secret TEXT NOT NULL,
+    kinds TEXT NOT NULL,
+    stores TEXT NOT NULL,
+    batch_size INTEGER NOT NULL,
+    max_attempts INTEGER NOT NULL,
+    cursor INTEGER NOT NULL DEFAULT 0,
+    created_at INTEGER NOT NULL,
+    last_error TEXT,
+    last_delivery_at INTEGER
+);
+CREATE TABLE IF NOT EXISTS dead_letters (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    subscription TEXT NOT NULL,
+    pos INTEGER NOT NULL,
+    attempts INTEGER NOT NULL,
+    last_error TEXT NOT NULL,
+    dead_at INTEGER NOT NULL,
+    replay_requested_at INTEGER,
+    replayed_at INTEGER,
+    UNIQUE (subscription, pos)
+);
 "#;
+
+/// Fills the outbox of a database made before it existed: every stored, unquarantined event, in hub order. Runs
+/// while the outbox is empty (so on a new database it inserts nothing).
+const OUTBOX_BACKFILL: &str = "INSERT INTO outbox (hub_pos)
+    SELECT e.hub_pos FROM events e
+    WHERE NOT EXISTS (SELECT 1 FROM quarantine q WHERE q.store = e.store AND q.till = e.till AND q.seq = e.seq
+                      AND q.released_at IS NULL)
+    ORDER BY e.hub_pos";
 
 const READ_POOL_MAX: usize = 4;
 /// Failed-attempt rows older than this are pruned on the next failure.
@@ -284,6 +322,10 @@ impl SqliteStorage {
         let writer = open_connection(path)?;
         writer.pragma_update(None, "cache_size", -WRITER_CACHE_KIB)?;
         writer.execute_batch(SCHEMA)?;
+        let outbox_empty: bool = writer.query_row("SELECT NOT EXISTS (SELECT 1 FROM outbox)", [], |r| r.get(0))?;
+        if outbox_empty {
+            writer.execute(OUTBOX_BACKFILL, [])?;
+        }
         Ok(SqliteStorage { path: path.to_owned(), writer: Mutex::new(writer), readers: Mutex::new(Vec::new()) })
     }
 
@@ -397,6 +439,7 @@ fn ingest(
         "INSERT INTO events (store, till, seq, event_id, kind, occurred_at, body, prev_hash, hash, received_at)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
     )?;
+    let mut outbox = conn.prepare_cached("INSERT INTO outbox (hub_pos) VALUES (?1)")?;
     let mut quarantined = Vec::new();
     for e in fresh {
         let body = e
@@ -405,8 +448,9 @@ fn ingest(
         let body = String::from_utf8(body)
             .map_err(|_| IngestError::ChainBroken { seq: e.seq, detail: "body is not UTF-8".into() })?;
         // The till journaled exactly this (the hash says so) but this hub cannot process it: store it in the
-        // chain so nothing behind it waits, and hold it in quarantine.
-        if let Err(bad) = e.check_body() {
+        // chain so nothing behind it waits, and hold it in quarantine (and out of the outbox until released).
+        let held = e.check_body().err();
+        if let Some(bad) = &held {
             conn.prepare_cached(
                 "INSERT INTO quarantine (store, till, seq, reason, quarantined_at) VALUES (?1, ?2, ?3, ?4, ?5)",
             )?
@@ -444,6 +488,9 @@ fn ingest(
             }
             return Err(err.into());
         }
+        if held.is_none() {
+            outbox.execute(params![conn.last_insert_rowid()])?;
+        }
         prev_seq = e.seq;
         prev_hash = &e.hash;
     }
@@ -456,6 +503,49 @@ fn ingest(
         return Err(IngestError::Storage(StorageError::Conflict));
     }
     Ok(UploadAck { acked_through: prev_seq, last_hash: prev_hash.to_owned(), quarantined })
+}
+
+/// The columns [`subscription_row`] reads, from `subscriptions`.
+const SUBSCRIPTION_SELECT: &str = "SELECT id, kind, url, secret, kinds, stores, batch_size, max_attempts, cursor,
+        created_at, last_error, last_delivery_at FROM subscriptions";
+
+fn subscription_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Subscription> {
+    let list = |i: usize| -> rusqlite::Result<Vec<String>> {
+        let text: String = r.get(i)?;
+        Ok(serde_json::from_str(&text).unwrap_or_default())
+    };
+    Ok(Subscription {
+        spec: NewSubscription {
+            id: r.get(0)?,
+            kind: r.get(1)?,
+            url: r.get(2)?,
+            secret: r.get(3)?,
+            kinds: list(4)?,
+            stores: list(5)?,
+            batch_size: r.get(6)?,
+            max_attempts: r.get(7)?,
+        },
+        cursor: r.get(8)?,
+        created_at: r.get(9)?,
+        last_error: r.get(10)?,
+        last_delivery_at: r.get(11)?,
+        lag: 0,
+        dead_letters: 0,
+    })
+}
+
+fn json_list(items: &[String]) -> String {
+    serde_json::to_string(items).unwrap_or_else(|_| "[]".into())
+}
+
+/// An outbox entry's columns: [`stored_event`]'s 0..=9 (an entry in the outbox is never held in quarantine),
+/// then the outbox position and the time the event was stored.
+const OUTBOX_SELECT: &str = "SELECT e.hub_pos, e.event_id, e.store, e.till, e.seq, e.kind, e.occurred_at, e.body,
+        e.hash, 0, o.pos, e.received_at
+     FROM outbox o JOIN events e ON e.hub_pos = o.hub_pos";
+
+fn outbox_entry(r: &rusqlite::Row<'_>) -> rusqlite::Result<OutboxEntry> {
+    Ok(OutboxEntry { pos: r.get(10)?, event: stored_event(r)?, received_at: r.get(11)? })
 }
 
 /// The columns [`stored_event`] reads, from `events`.
@@ -1011,6 +1101,212 @@ impl Storage for SqliteStorage {
         })
     }
 
+    fn create_subscription(&self, sub: &NewSubscription, now: i64) -> Result<Subscription, StorageError> {
+        let conn = lock(&self.writer);
+        let res = conn.execute(
+            "INSERT INTO subscriptions (id, kind, url, secret, kinds, stores, batch_size, max_attempts, created_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+            params![
+                sub.id,
+                sub.kind,
+                sub.url,
+                sub.secret,
+                json_list(&sub.kinds),
+                json_list(&sub.stores),
+                sub.batch_size,
+                sub.max_attempts,
+                now
+            ],
+        );
+        match res {
+            Err(e) if e.sqlite_error_code() == Some(ErrorCode::ConstraintViolation) => Err(StorageError::Conflict),
+            Err(e) => Err(e.into()),
+            Ok(_) => Ok(Subscription {
+                spec: sub.clone(),
+                cursor: 0,
+                created_at: now,
+                last_error: None,
+                last_delivery_at: None,
+                lag: 0,
+                dead_letters: 0,
+            }),
+        }
+    }
+
+    fn subscription(&self, id: &str) -> Result<Option<Subscription>, StorageError> {
+        self.with_reader(|conn| {
+            Ok(conn
+                .query_row(&format!("{SUBSCRIPTION_SELECT} WHERE id = ?1"), params![id], subscription_row)
+                .optional()?)
+        })
+    }
+
+    fn list_subscriptions(&self) -> Result<Vec<Subscription>, StorageError> {
+        self.with_reader(|conn| {
+            let mut stmt = conn.prepare_cached(&format!("{SUBSCRIPTION_SELECT} ORDER BY id"))?;
+            let mut subs = stmt.query_map([], subscription_row)?.collect::<Result<Vec<_>, _>>()?;
+            for sub in &mut subs {
+                sub.lag = to_u64(conn.query_row(
+                    "SELECT COUNT(*) FROM outbox o JOIN events e ON e.hub_pos = o.hub_pos
+                     WHERE o.pos > ?1 AND (?2 = '[]' OR e.kind IN (SELECT value FROM json_each(?2)))
+                       AND (?3 = '[]' OR e.store IN (SELECT value FROM json_each(?3)))",
+                    params![sub.cursor, json_list(&sub.spec.kinds), json_list(&sub.spec.stores)],
+                    |r| r.get(0),
+                )?);
+                sub.dead_letters = to_u64(conn.query_row(
+                    "SELECT COUNT(*) FROM dead_letters WHERE subscription = ?1 AND replayed_at IS NULL",
+                    params![sub.spec.id],
+                    |r| r.get(0),
+                )?);
+            }
+            Ok(subs)
+        })
+    }
+
+    fn delete_subscription(&self, id: &str) -> Result<bool, StorageError> {
+        let mut conn = lock(&self.writer);
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let n = tx.execute("DELETE FROM subscriptions WHERE id = ?1", params![id])?;
+        tx.execute("DELETE FROM dead_letters WHERE subscription = ?1", params![id])?;
+        tx.commit()?;
+        Ok(n == 1)
+    }
+
+    fn outbox_after(&self, sub: &NewSubscription, after: i64, limit: usize) -> Result<Vec<OutboxEntry>, StorageError> {
+        self.with_reader(|conn| {
+            let mut stmt = conn.prepare_cached(&format!(
+                "{OUTBOX_SELECT} WHERE o.pos > ?1 AND (?2 = '[]' OR e.kind IN (SELECT value FROM json_each(?2)))
+                   AND (?3 = '[]' OR e.store IN (SELECT value FROM json_each(?3)))
+                 ORDER BY o.pos LIMIT ?4"
+            ))?;
+            let n = i64::try_from(limit).unwrap_or(i64::MAX);
+            let rows =
+                stmt.query_map(params![after, json_list(&sub.kinds), json_list(&sub.stores), n], outbox_entry)?;
+            Ok(rows.collect::<Result<Vec<_>, _>>()?)
+        })
+    }
+
+    fn delivered(&self, id: &str, cursor: i64, now: i64) -> Result<(), StorageError> {
+        let conn = lock(&self.writer);
+        conn.execute(
+            "UPDATE subscriptions SET cursor = MAX(cursor, ?2), last_delivery_at = ?3, last_error = NULL WHERE id = ?1",
+            params![id, cursor, now],
+        )?;
+        Ok(())
+    }
+
+    fn delivery_failed(&self, id: &str, error: &str, _now: i64) -> Result<(), StorageError> {
+        let conn = lock(&self.writer);
+        conn.execute("UPDATE subscriptions SET last_error = ?2 WHERE id = ?1", params![id, error])?;
+        Ok(())
+    }
+
+    fn dead_letter(
+        &self,
+        id: &str,
+        entry: &OutboxEntry,
+        attempts: u32,
+        error: &str,
+        now: i64,
+    ) -> Result<(), StorageError> {
+        let mut conn = lock(&self.writer);
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        tx.execute(
+            "INSERT INTO dead_letters (subscription, pos, attempts, last_error, dead_at) VALUES (?1, ?2, ?3, ?4, ?5)
+             ON CONFLICT (subscription, pos) DO UPDATE SET attempts = attempts + excluded.attempts,
+                 last_error = excluded.last_error, dead_at = excluded.dead_at, replay_requested_at = NULL,
+                 replayed_at = NULL",
+            params![id, entry.pos, attempts, error, now],
+        )?;
+        tx.execute(
+            "UPDATE subscriptions SET cursor = MAX(cursor, ?2), last_error = ?3 WHERE id = ?1",
+            params![id, entry.pos, error],
+        )?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    fn list_dead_letters(&self, id: &str) -> Result<Vec<DeadLetter>, StorageError> {
+        self.with_reader(|conn| {
+            let mut stmt = conn.prepare_cached(
+                "SELECT d.id, d.subscription, d.pos, e.event_id, e.store, e.till, e.seq, e.kind, d.attempts,
+                        d.last_error, d.dead_at, d.replay_requested_at, d.replayed_at
+                 FROM dead_letters d JOIN outbox o ON o.pos = d.pos JOIN events e ON e.hub_pos = o.hub_pos
+                 WHERE d.subscription = ?1 ORDER BY d.id",
+            )?;
+            let rows = stmt.query_map(params![id], |r| {
+                let event_id: String = r.get(3)?;
+                Ok(DeadLetter {
+                    id: r.get(0)?,
+                    subscription: r.get(1)?,
+                    pos: r.get(2)?,
+                    event_id: event_id.parse().unwrap_or_default(),
+                    store: r.get(4)?,
+                    till: r.get(5)?,
+                    seq: to_u64(r.get(6)?),
+                    kind: r.get(7)?,
+                    attempts: r.get(8)?,
+                    last_error: r.get(9)?,
+                    dead_at: r.get(10)?,
+                    replay_requested_at: r.get(11)?,
+                    replayed_at: r.get(12)?,
+                })
+            })?;
+            Ok(rows.collect::<Result<Vec<_>, _>>()?)
+        })
+    }
+
+    fn request_replay(&self, id: &str, which: &ReplaySelector, now: i64) -> Result<u64, StorageError> {
+        let mut conn = lock(&self.writer);
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let n = match which {
+            ReplaySelector::Ids(ids) => {
+                let mut stmt = tx.prepare_cached(
+                    "UPDATE dead_letters SET replay_requested_at = ?3, replayed_at = NULL
+                     WHERE subscription = ?1 AND id = ?2",
+                )?;
+                let mut n = 0;
+                for dl in ids {
+                    n += stmt.execute(params![id, dl, now])?;
+                }
+                n
+            }
+            ReplaySelector::DeadBetween(from, to) => tx.execute(
+                "UPDATE dead_letters SET replay_requested_at = ?4, replayed_at = NULL
+                 WHERE subscription = ?1 AND dead_at BETWEEN ?2 AND ?3",
+                params![id, from, to, now],
+            )?,
+        };
+        tx.commit()?;
+        Ok(n as u64)
+    }
+
+    fn pending_replays(&self, id: &str, limit: usize) -> Result<Vec<(i64, OutboxEntry)>, StorageError> {
+        self.with_reader(|conn| {
+            let mut stmt = conn.prepare_cached(
+                "SELECT e.hub_pos, e.event_id, e.store, e.till, e.seq, e.kind, e.occurred_at, e.body, e.hash, 0,
+                        o.pos, e.received_at, d.id
+                 FROM dead_letters d JOIN outbox o ON o.pos = d.pos JOIN events e ON e.hub_pos = o.hub_pos
+                 WHERE d.subscription = ?1 AND d.replay_requested_at IS NOT NULL AND d.replayed_at IS NULL
+                 ORDER BY d.id LIMIT ?2",
+            )?;
+            let n = i64::try_from(limit).unwrap_or(i64::MAX);
+            let rows = stmt.query_map(params![id, n], |r| Ok((r.get::<_, i64>(12)?, outbox_entry(r)?)))?;
+            Ok(rows.collect::<Result<Vec<_>, _>>()?)
+        })
+    }
+
+    fn replayed(&self, dead_letter: i64, now: i64) -> Result<(), StorageError> {
+        let conn = lock(&self.writer);
+        conn.execute("UPDATE dead_letters SET replayed_at = ?2 WHERE id = ?1", params![dead_letter, now])?;
+        Ok(())
+    }
+
+    fn rewind_subscription(&self, id: &str, cursor: i64) -> Result<bool, StorageError> {
+        let conn = lock(&self.writer);
+        Ok(conn.execute("UPDATE subscriptions SET cursor = ?2 WHERE id = ?1", params![id, cursor])? == 1)
+    }
+
     fn list_events(&self, store: Option<&str>, after: i64, limit: usize) -> Result<Vec<StoredEvent>, StorageError> {
         self.with_reader(|conn| {
             let mut stmt = conn.prepare_cached(&format!(
@@ -1078,6 +1374,8 @@ impl Storage for SqliteStorage {
             "UPDATE quarantine SET released_at = ?1 WHERE store = ?2 AND till = ?3 AND seq = ?4",
             params![now, till.store, till.till, to_i64(seq)],
         )?;
+        // Released: it goes out now, after everything already in the outbox.
+        tx.execute("INSERT OR IGNORE INTO outbox (hub_pos) VALUES (?1)", params![event.hub_pos])?;
         tx.commit()?;
         Ok(ReleaseOutcome::Released)
     }
@@ -1556,5 +1854,34 @@ mod tests {
         let s = SqliteStorage::open(&path).unwrap();
         assert_eq!(s.till_state(&till).unwrap().unwrap().hub_seq, 3);
         assert_eq!(s.list_events(None, 0, 100).unwrap().len(), 3);
+    }
+
+    #[test]
+    fn a_database_from_before_the_outbox_gets_its_events_in_hub_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("hub.db");
+        {
+            let s = SqliteStorage::open(&path).unwrap();
+            crate::storage::conformance::enrolled_with_events(&s, 3);
+        }
+        // As a hub of the version before the outbox left it: events, and no outbox rows.
+        Connection::open(&path).unwrap().execute("DELETE FROM outbox", []).unwrap();
+        let s = SqliteStorage::open(&path).unwrap();
+        let sub = NewSubscription {
+            id: "s".into(),
+            kind: "webhook".into(),
+            url: "http://127.0.0.1:9/".into(),
+            secret: "0123456789abcdef".into(),
+            kinds: vec![],
+            stores: vec![],
+            batch_size: 10,
+            max_attempts: 3,
+        };
+        let seqs: Vec<u64> = s.outbox_after(&sub, 0, 10).unwrap().iter().map(|e| e.event.seq).collect();
+        assert_eq!(seqs, [1, 2, 3]);
+        drop(s);
+        // Reopening again adds nothing twice.
+        let s = SqliteStorage::open(&path).unwrap();
+        assert_eq!(s.outbox_after(&sub, 0, 10).unwrap().len(), 3);
     }
 }

@@ -14,4 +14,5 @@ mod packages;
 mod status_page;
 mod update;
 mod util;
+mod webhooks;
 mod windows;

@@ -4,10 +4,10 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 use std::time::Duration;
 
-use serde_json::Value;
+use serde_json::{Value, json};
 use storesync_shared::canonical::{ChainInput, canonical_json, event_hash};
 use storesync_shared::event::negate;
-use storesync_shared::wire::JournalEvent;
+use storesync_shared::wire::{JournalEvent, UploadRequest};
 use storesync_shared::{EventBody, EventKind, genesis_hash};
 use storesync_tests::proc::{TlsFiles, agent_cli, enroll_code};
 use storesync_tests::sales::{SKUS, sale};
@@ -191,4 +191,146 @@ pub(crate) fn libfaketime() -> Option<std::path::PathBuf> {
         .into_iter()
         .map(std::path::PathBuf::from)
         .find(|p| p.exists())
+}
+
+/// A till played by a test over the sync protocol: its whole journal is made up front.
+pub(crate) struct Till {
+    pub(crate) store: String,
+    pub(crate) till: String,
+    pub(crate) credential: String,
+    pub(crate) journal_id: Uuid,
+    pub(crate) events: Vec<JournalEvent>,
+}
+
+/// `n` chained sales of a till; the seqs in `bad_bodies` carry a body the hub cannot process (its `occurred_at`
+/// differs from the entry's), which the chain still covers, so the hub stores them in quarantine.
+pub(crate) fn sales_journal(store: &str, till: &str, n: u64, bad_bodies: &[u64]) -> Vec<JournalEvent> {
+    chain(
+        store,
+        till,
+        (1..=n).map(|seq| {
+            let occurred_at = "2026-11-26T14:05:00+01:00";
+            let body_time = if bad_bodies.contains(&seq) { "2026-11-26T14:06:00+01:00" } else { occurred_at };
+            let price = 100 + seq as i64;
+            let body = json!({
+                "occurred_at": body_time,
+                "currency": "EUR",
+                "lines": [{"sku": "SKU-1", "qty": 1, "unit_price_minor": price, "discount_minor": 0}],
+                "payments": [{"method": "card", "amount_minor": price}]
+            });
+            Entry { event_id: Uuid::new_v4(), kind: EventKind::Sale, occurred_at: occurred_at.into(), body }
+        }),
+    )
+}
+
+/// One journal entry before it is chained: seqs and hashes come from its place in [`chain`].
+pub(crate) struct Entry {
+    pub(crate) event_id: Uuid,
+    pub(crate) kind: EventKind,
+    pub(crate) occurred_at: String,
+    pub(crate) body: Value,
+}
+
+/// The entries as a till's hash-chained journal, from seq 1.
+pub(crate) fn chain(store: &str, till: &str, entries: impl IntoIterator<Item = Entry>) -> Vec<JournalEvent> {
+    let mut prev = genesis_hash(store, till);
+    (1..)
+        .zip(entries)
+        .map(|(seq, Entry { event_id, kind, occurred_at, body })| {
+            let hash = event_hash(&ChainInput {
+                store,
+                till,
+                seq,
+                event_id,
+                kind,
+                body: &canonical_json(&body),
+                prev_hash: &prev,
+            });
+            JournalEvent {
+                seq,
+                event_id,
+                kind,
+                occurred_at,
+                body,
+                prev_hash: std::mem::replace(&mut prev, hash.clone()),
+                hash,
+            }
+        })
+        .collect()
+}
+
+/// A hub's HTTP API as head office and scripted tills use it.
+pub(crate) struct Hub {
+    pub(crate) url: String,
+    pub(crate) c: reqwest::Client,
+}
+
+impl Hub {
+    /// An admin request; answers the status and the JSON body (null when the body is not JSON).
+    pub(crate) async fn request(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> (u16, Value) {
+        let mut req = self.c.request(method, format!("{}{path}", self.url)).bearer_auth(TOKEN);
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        let r = req.send().await.unwrap_or_else(|e| panic!("{path}: {e}"));
+        let status = r.status().as_u16();
+        (status, r.json().await.unwrap_or(Value::Null))
+    }
+
+    /// An admin request that must succeed; answers its JSON body.
+    pub(crate) async fn admin(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> Value {
+        let (status, v) = self.request(method, path, body).await;
+        assert!((200..300).contains(&status), "{path}: {status} {v}");
+        v
+    }
+
+    pub(crate) async fn get(&self, path: &str) -> Value {
+        self.admin(reqwest::Method::GET, path, None).await
+    }
+
+    pub(crate) async fn code(&self, store: &str, till: &str) -> String {
+        let body = json!({"store": store, "till": till});
+        let v = self.admin(reqwest::Method::POST, "/v1/admin/enrollments", Some(body)).await;
+        v["code"].as_str().unwrap().to_owned()
+    }
+
+    /// Enrols a scripted till whose journal is `n` sales (see [`sales_journal`]).
+    pub(crate) async fn till(&self, store: &str, till: &str, n: u64, bad_bodies: &[u64]) -> Till {
+        self.till_with(store, till, sales_journal(store, till, n, bad_bodies)).await
+    }
+
+    /// Enrols a scripted till with the journal `events`.
+    pub(crate) async fn till_with(&self, store: &str, till: &str, events: Vec<JournalEvent>) -> Till {
+        let code = self.code(store, till).await;
+        let r = self.c.post(format!("{}/v1/enroll", self.url)).json(&json!({"code": code, "agent_version": "0.1.0"}));
+        let v: Value = r.send().await.unwrap().json().await.unwrap();
+        Till {
+            store: store.into(),
+            till: till.into(),
+            credential: v["credential"].as_str().unwrap_or_else(|| panic!("enrolling {store}/{till}: {v}")).into(),
+            journal_id: Uuid::new_v4(),
+            events,
+        }
+    }
+
+    /// The till uploads its entries `from..=through`, saying it has journaled `reported` in all.
+    pub(crate) async fn upload(&self, t: &Till, from: u64, through: u64, reported: u64) -> (u16, Value) {
+        let events = t.events.iter().filter(|e| (from..=through).contains(&e.seq)).cloned().collect();
+        let req = UploadRequest {
+            journal_id: t.journal_id,
+            agent_version: "0.1.0".into(),
+            backlog: reported.saturating_sub(from.saturating_sub(1)),
+            oldest_unsynced_age_s: 300,
+            last_seq: reported,
+            events,
+        };
+        let r = self.c.post(format!("{}/v1/sync/upload", self.url)).bearer_auth(&t.credential).json(&req);
+        let r = r.send().await.unwrap();
+        (r.status().as_u16(), r.json().await.unwrap())
+    }
+
+    pub(crate) async fn upload_ok(&self, t: &Till, from: u64, through: u64, reported: u64) {
+        let (status, v) = self.upload(t, from, through, reported).await;
+        assert_eq!(status, 200, "{}/{}: {v}", t.store, t.till);
+    }
 }

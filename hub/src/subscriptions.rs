@@ -1,0 +1,322 @@
+//! The admin endpoints of outbound subscriptions (issue #8): create, list and delete them, list their dead
+//! letters, replay dead letters, rewind a subscription. Delivery itself is [`crate::outbox`].
+
+use axum::Json;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use serde::Deserialize;
+use serde_json::{Value, json};
+use storesync_shared::event::EventKind;
+use storesync_shared::wire::ErrorBody;
+use utoipa::ToSchema;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+use crate::api::{AdminAuth, ApiError, AppState, JsonBody};
+use crate::fleet::rfc3339;
+use crate::openapi::AdminRefusals;
+use crate::storage::{DeadLetter, NewSubscription, ReplaySelector, Subscription};
+
+/// The subscription routes (see [`crate::openapi`] for how a route is added).
+pub fn routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::default()
+        .routes(routes!(create_subscription, list_subscriptions))
+        .routes(routes!(delete_subscription))
+        .routes(routes!(dead_letters))
+        .routes(routes!(replay))
+        .routes(routes!(rewind))
+}
+
+const DEFAULT_BATCH_SIZE: u32 = 100;
+const MAX_BATCH_SIZE: u32 = 500;
+const DEFAULT_MAX_ATTEMPTS: u32 = 25;
+const MAX_MAX_ATTEMPTS: u32 = 100;
+const MAX_FILTER_ITEMS: usize = 1000;
+
+/// `POST /v1/admin/subscriptions`.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct CreateSubscription {
+    /// `webhook` (a NATS JetStream publisher is not built yet).
+    kind: String,
+    /// `http://` or `https://` URL the events are POSTed to.
+    url: String,
+    /// The HMAC-SHA256 key of `StoreSync-Signature`, 16 to 256 characters.
+    secret: String,
+    /// Event kinds to deliver (`sale`, `return`, `void`, `transfer_out`, `transfer_in`, `adjustment`); absent or
+    /// empty: all.
+    #[serde(default)]
+    kinds: Vec<String>,
+    /// Stores whose events to deliver; absent or empty: all.
+    #[serde(default)]
+    stores: Vec<String>,
+    /// Events per request, 1 to 500 (default 100).
+    batch_size: Option<u32>,
+    /// Attempts of one event before it is dead-lettered, 1 to 100 (default 25).
+    max_attempts: Option<u32>,
+}
+
+fn invalid(code: &'static str, detail: impl Into<String>) -> ApiError {
+    ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, code, detail)
+}
+
+fn unknown_subscription() -> ApiError {
+    ApiError::new(StatusCode::NOT_FOUND, "unknown_subscription", "no such subscription")
+}
+
+impl CreateSubscription {
+    fn check(self, id: String) -> Result<NewSubscription, ApiError> {
+        if self.kind != "webhook" {
+            return Err(invalid("unsupported_kind", format!("kind {:?}: only \"webhook\" is supported", self.kind)));
+        }
+        let url = reqwest::Url::parse(&self.url).map_err(|e| invalid("invalid_url", format!("url: {e}")))?;
+        if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none_or(str::is_empty) {
+            return Err(invalid("invalid_url", "url must be an http:// or https:// URL with a host"));
+        }
+        if !(16..=256).contains(&self.secret.chars().count()) {
+            return Err(invalid("invalid_secret", "secret must be 16 to 256 characters"));
+        }
+        if self.kinds.len() > MAX_FILTER_ITEMS || self.kinds.iter().any(|k| EventKind::parse(k).is_none()) {
+            return Err(invalid(
+                "invalid_kinds",
+                "kinds must name event kinds: sale, return, void, transfer_out, transfer_in, adjustment",
+            ));
+        }
+        if self.stores.len() > MAX_FILTER_ITEMS || !self.stores.iter().all(|s| crate::secrets::valid_id(s)) {
+            return Err(invalid("invalid_stores", "stores must be store ids (1 to 64 of A-Z a-z 0-9 . _ -)"));
+        }
+        let batch_size = self.batch_size.unwrap_or(DEFAULT_BATCH_SIZE);
+        if !(1..=MAX_BATCH_SIZE).contains(&batch_size) {
+            return Err(invalid("invalid_batch_size", format!("batch_size must be 1 to {MAX_BATCH_SIZE}")));
+        }
+        let max_attempts = self.max_attempts.unwrap_or(DEFAULT_MAX_ATTEMPTS);
+        if !(1..=MAX_MAX_ATTEMPTS).contains(&max_attempts) {
+            return Err(invalid("invalid_max_attempts", format!("max_attempts must be 1 to {MAX_MAX_ATTEMPTS}")));
+        }
+        let mut kinds = self.kinds;
+        kinds.sort();
+        kinds.dedup();
+        let mut stores = self.stores;
+        stores.sort();
+        stores.dedup();
+        Ok(NewSubscription {
+            id,
+            kind: self.kind,
+            url: url.to_string(),
+            secret: self.secret,
+            kinds,
+            stores,
+            batch_size,
+            max_attempts,
+        })
+    }
+}
+
+/// A subscription as the API shows it: never its secret.
+fn view(s: &Subscription, with_stats: bool) -> Value {
+    let mut v = json!({
+        "id": s.spec.id,
+        "kind": s.spec.kind,
+        "url": s.spec.url,
+        "kinds": s.spec.kinds,
+        "stores": s.spec.stores,
+        "batch_size": s.spec.batch_size,
+        "max_attempts": s.spec.max_attempts,
+        "cursor": s.cursor.to_string(),
+        "created_at": rfc3339(s.created_at),
+    });
+    if with_stats {
+        v["lag"] = json!(s.lag);
+        v["dead_letters"] = json!(s.dead_letters);
+        v["last_error"] = json!(s.last_error);
+        v["last_delivery_at"] = json!(s.last_delivery_at.map(rfc3339));
+    }
+    v
+}
+
+#[utoipa::path(post, path = "/v1/admin/subscriptions", tag = "admin", security(("admin_token" = [])),
+    request_body = CreateSubscription,
+    responses(
+        (status = 201, description = "`{\"id\",\"kind\",\"url\",\"kinds\",\"stores\",\"batch_size\",\"max_attempts\",\
+            \"cursor\",\"created_at\"}`; delivery starts from the beginning of the outbox", body = Object),
+        (status = 400, description = "`malformed_json`", body = ErrorBody),
+        (status = 422, description = "`unsupported_kind`, `invalid_url`, `invalid_secret`, `invalid_kinds`, \
+            `invalid_stores`, `invalid_batch_size`, `invalid_max_attempts` or `invalid_body`", body = ErrorBody),
+        AdminRefusals,
+    ))]
+async fn create_subscription(
+    _: AdminAuth,
+    State(state): State<AppState>,
+    JsonBody(req): JsonBody<CreateSubscription>,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    let spec = req.check(format!("sub_{}", hex::encode(rand::random::<[u8; 8]>())))?;
+    let now = state.now();
+    let sub = state.db(move |s| s.create_subscription(&spec, now)).await?;
+    tracing::info!(subscription = %sub.spec.id, url = %sub.spec.url, "subscription created");
+    Ok((StatusCode::CREATED, Json(view(&sub, false))))
+}
+
+#[utoipa::path(get, path = "/v1/admin/subscriptions", tag = "admin", security(("admin_token" = [])),
+    responses(
+        (status = 200, description = "`{\"subscriptions\":[{...,\"lag\",\"dead_letters\",\"last_error\",\
+            \"last_delivery_at\"}]}`: `lag` counts selected events not yet delivered, `dead_letters` those given up \
+            and not replayed", body = Object),
+        AdminRefusals,
+    ))]
+async fn list_subscriptions(_: AdminAuth, State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
+    let subs = state.db(|s| s.list_subscriptions()).await?;
+    Ok(Json(json!({"subscriptions": subs.iter().map(|s| view(s, true)).collect::<Vec<_>>()})))
+}
+
+#[utoipa::path(delete, path = "/v1/admin/subscriptions/{id}", tag = "admin", security(("admin_token" = [])),
+    params(("id" = String, Path, description = "A subscription id")),
+    responses(
+        (status = 200, description = "`{\"id\",\"deleted\":true}`; its dead letters go with it", body = Object),
+        (status = 404, description = "`unknown_subscription`", body = ErrorBody),
+        AdminRefusals,
+    ))]
+async fn delete_subscription(
+    _: AdminAuth,
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let i = id.clone();
+    if !state.db(move |s| s.delete_subscription(&i)).await? {
+        return Err(unknown_subscription());
+    }
+    tracing::info!(subscription = %id, "subscription deleted");
+    Ok(Json(json!({"id": id, "deleted": true})))
+}
+
+/// The subscription, or 404.
+async fn existing(state: &AppState, id: &str) -> Result<Subscription, ApiError> {
+    let i = id.to_owned();
+    state.db(move |s| s.subscription(&i)).await?.ok_or_else(unknown_subscription)
+}
+
+fn dead_letter_json(d: &DeadLetter) -> Value {
+    json!({
+        "id": d.id,
+        "event_id": d.event_id,
+        "store": d.store,
+        "till": d.till,
+        "seq": d.seq,
+        "kind": d.kind,
+        "cursor": d.pos.to_string(),
+        "attempts": d.attempts,
+        "last_error": d.last_error,
+        "dead_at": rfc3339(d.dead_at),
+        "replay_requested_at": d.replay_requested_at.map(rfc3339),
+        "replayed_at": d.replayed_at.map(rfc3339),
+    })
+}
+
+#[utoipa::path(get, path = "/v1/admin/subscriptions/{id}/dead-letters", tag = "admin",
+    security(("admin_token" = [])),
+    params(("id" = String, Path, description = "A subscription id")),
+    responses(
+        (status = 200, description = "`{\"dead_letters\":[{\"id\",\"event_id\",\"store\",\"till\",\"seq\",\"kind\",\
+            \"cursor\",\"attempts\",\"last_error\",\"dead_at\",\"replay_requested_at\",\"replayed_at\"}]}`, oldest \
+            first", body = Object),
+        (status = 404, description = "`unknown_subscription`", body = ErrorBody),
+        AdminRefusals,
+    ))]
+async fn dead_letters(
+    _: AdminAuth,
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    existing(&state, &id).await?;
+    let list = state.db(move |s| s.list_dead_letters(&id)).await?;
+    Ok(Json(json!({"dead_letters": list.iter().map(dead_letter_json).collect::<Vec<_>>()})))
+}
+
+/// `POST /v1/admin/subscriptions/{id}/replay`: by dead-letter ids, or by the time they were given up.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct ReplayRequest {
+    /// Dead-letter ids.
+    ids: Option<Vec<i64>>,
+    /// With `to`: every dead letter given up from this moment (RFC 3339)...
+    from: Option<String>,
+    /// ...to this one, inclusive.
+    to: Option<String>,
+}
+
+fn instant(name: &str, text: &str) -> Result<i64, ApiError> {
+    time::OffsetDateTime::parse(text, &time::format_description::well_known::Rfc3339)
+        .map(time::OffsetDateTime::unix_timestamp)
+        .map_err(|e| invalid("invalid_replay", format!("{name}: not an RFC 3339 time: {e}")))
+}
+
+#[utoipa::path(post, path = "/v1/admin/subscriptions/{id}/replay", tag = "admin", security(("admin_token" = [])),
+    params(("id" = String, Path, description = "A subscription id")),
+    request_body = ReplayRequest,
+    responses(
+        (status = 200, description = "`{\"replaying\": N}`: the selected dead letters are delivered again, one \
+            event per request, before the rest", body = Object),
+        (status = 404, description = "`unknown_subscription`", body = ErrorBody),
+        (status = 422, description = "`invalid_replay`: give `ids`, or `from` and `to`", body = ErrorBody),
+        AdminRefusals,
+    ))]
+async fn replay(
+    _: AdminAuth,
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    JsonBody(req): JsonBody<ReplayRequest>,
+) -> Result<Json<Value>, ApiError> {
+    let which = match (req.ids, req.from, req.to) {
+        (Some(ids), None, None) if !ids.is_empty() && ids.len() <= 10_000 => ReplaySelector::Ids(ids),
+        (None, Some(from), Some(to)) => {
+            let (from, to) = (instant("from", &from)?, instant("to", &to)?);
+            if from > to {
+                return Err(invalid("invalid_replay", "from is after to"));
+            }
+            ReplaySelector::DeadBetween(from, to)
+        }
+        _ => return Err(invalid("invalid_replay", "give ids (1 to 10,000 dead-letter ids), or from and to")),
+    };
+    existing(&state, &id).await?;
+    let now = state.now();
+    let n = state.db(move |s| s.request_replay(&id, &which, now)).await?;
+    state.outbox_wake().notify_waiters();
+    Ok(Json(json!({"replaying": n})))
+}
+
+/// `POST /v1/admin/subscriptions/{id}/rewind`.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RewindRequest {
+    /// The outbox position to deliver after, as a decimal string (`"0"`: everything again).
+    cursor: String,
+}
+
+#[utoipa::path(post, path = "/v1/admin/subscriptions/{id}/rewind", tag = "admin", security(("admin_token" = [])),
+    params(("id" = String, Path, description = "A subscription id")),
+    request_body = RewindRequest,
+    responses(
+        (status = 200, description = "`{\"id\",\"cursor\"}`: delivery restarts after `cursor`", body = Object),
+        (status = 404, description = "`unknown_subscription`", body = ErrorBody),
+        (status = 422, description = "`invalid_cursor`", body = ErrorBody),
+        AdminRefusals,
+    ))]
+async fn rewind(
+    _: AdminAuth,
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    JsonBody(req): JsonBody<RewindRequest>,
+) -> Result<Json<Value>, ApiError> {
+    let cursor: i64 = req
+        .cursor
+        .parse()
+        .ok()
+        .filter(|c| *c >= 0)
+        .ok_or_else(|| invalid("invalid_cursor", "cursor must be a whole number of 0 or more, as a string"))?;
+    let i = id.clone();
+    if !state.db(move |s| s.rewind_subscription(&i, cursor)).await? {
+        return Err(unknown_subscription());
+    }
+    tracing::info!(subscription = %id, cursor, "subscription rewound");
+    state.outbox_wake().notify_waiters();
+    Ok(Json(json!({"id": id, "cursor": cursor.to_string()})))
+}
