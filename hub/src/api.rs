@@ -342,6 +342,11 @@ pub struct ApiError {
 }
 
 impl ApiError {
+    /// The stable error code of the answer.
+    pub(crate) fn code(&self) -> &'static str {
+        self.code
+    }
+
     pub fn new(status: StatusCode, code: &'static str, detail: impl Into<String>) -> ApiError {
         ApiError { status, code, detail: detail.into(), expected_seq: None, seq: None, retry_after: None, epoch: None }
     }
@@ -578,7 +583,7 @@ async fn enroll(
         }
         Err(err) => {
             if matches!(err.code, "invalid_code" | "code_expired" | "code_used") {
-                warn!(client = %ip, error = err.code, "enrolment refused");
+                warn!(client = %ip, error = err.code(), "enrolment refused");
                 let ip_q = ip.clone();
                 state.db(move |s| s.record_failed_attempt(&ip_q, now)).await?;
             }
@@ -745,7 +750,7 @@ async fn upload(
                       "events stored in quarantine: this hub cannot process their bodies (see /v1/admin/quarantine)");
             }
         }
-        Err(err) => warn!(store_id = %till.store, till_id = %till.till, error = err.code,
+        Err(err) => warn!(store_id = %till.store, till_id = %till.till, error = err.code(),
                           detail = %err.detail, "upload refused"),
     }
     res.map(Json)
@@ -1099,7 +1104,7 @@ async fn sync_doc(
         }
         Err(err) => {
             if err.code != "epoch_mismatch" {
-                warn!(store_id = %till.store, till_id = %till.till, error = err.code, detail = %err.detail,
+                warn!(store_id = %till.store, till_id = %till.till, error = err.code(), detail = %err.detail,
                       "sync round refused");
             }
             let epoch = match err.epoch {

@@ -1,5 +1,5 @@
-//! Passing events on (issue #8): from the outbox to each subscription's receiver, at least once, in order, never
-//! stalled by one bad event.
+//! Passing events on (issue #8): from the outbox to each subscription's receiver (a webhook, or a NATS JetStream
+//! stream), at least once, in order, never stalled by one bad event.
 //!
 //! - **The outbox** is the `outbox` table: every event the hub accepts gets the next position in the same
 //!   transaction as its ingest (a quarantined one only when it is released), so no subscriber gets an event the hub
@@ -20,6 +20,9 @@
 //!   batch's event ids (the same batch retried has the same key), and `StoreSync-Signature: t=<unix>,v1=<hex
 //!   HMAC-SHA256(secret, "<t>.<body>")>`. Delivery is at least once: a hub killed between a receiver's 2xx and the
 //!   cursor's update sends that batch again, so receivers deduplicate by `event_id` (docs/INTEGRATION.md).
+//! - **NATS JetStream** subscriptions publish each event to `<subject_prefix>.<kind>.<store>` with the event id as
+//!   the message id (`Nats-Msg-Id`), so JetStream stores a resent event once within its duplicate window (made 2 h
+//!   when the hub creates the stream), and a batch counts as delivered when every message is acknowledged.
 //! - Every task hears the hub's shutdown token; an in-flight request is abandoned at shutdown, and the cursor has
 //!   not moved for it.
 
@@ -147,6 +150,75 @@ async fn deliver(
     Err(Failure { permanent, detail: format!("receiver answered {status}") })
 }
 
+/// A worker's JetStream connection, made on its first delivery.
+struct Nats {
+    js: async_nats::jetstream::Context,
+    /// The stream was made (or found) on this connection.
+    stream_ready: bool,
+}
+
+/// How long JetStream remembers a message id: a batch sent again after a hub crash within this window is stored
+/// once.
+const NATS_DUPLICATE_WINDOW: Duration = Duration::from_secs(2 * 3600);
+
+/// A NATS subject token for a store id: `.` (a subject separator, allowed in store ids) is written `%2E`.
+pub fn subject_token(text: &str) -> String {
+    text.replace('.', "%2E")
+}
+
+/// The subject an event goes to: `<prefix>.<kind>.<store>`.
+pub fn subject(prefix: &str, e: &OutboxEntry) -> String {
+    format!("{prefix}.{}.{}", e.event.kind, subject_token(&e.event.store))
+}
+
+async fn deliver_nats(
+    conn: &mut Option<Nats>,
+    sub: &Subscription,
+    entries: &[OutboxEntry],
+    timeout: Duration,
+) -> Result<(), Failure> {
+    let fail = |what: &str, e: &dyn std::fmt::Display| Failure { permanent: false, detail: format!("{what}: {e}") };
+    if conn.is_none() {
+        let client = async_nats::ConnectOptions::new()
+            .connection_timeout(timeout)
+            .connect(sub.spec.url.as_str())
+            .await
+            .map_err(|e| fail("connecting to NATS", &e))?;
+        *conn = Some(Nats { js: async_nats::jetstream::new(client), stream_ready: false });
+    }
+    let Some(nats) = conn.as_mut() else { return Err(fail("connecting to NATS", &"no connection")) };
+    if !nats.stream_ready {
+        let config = async_nats::jetstream::stream::Config {
+            name: sub.spec.stream.clone(),
+            subjects: vec![format!("{}.>", sub.spec.subject_prefix)],
+            duplicate_window: NATS_DUPLICATE_WINDOW,
+            ..Default::default()
+        };
+        nats.js.get_or_create_stream(config).await.map_err(|e| fail("making the JetStream stream", &e))?;
+        nats.stream_ready = true;
+    }
+    let mut acks = Vec::with_capacity(entries.len());
+    for e in entries {
+        let body = serde_json::to_vec(&payload(e)).map_err(|err| fail("encoding", &err))?;
+        let publish = async_nats::jetstream::message::PublishMessage::build()
+            .message_id(e.event.event_id.to_string())
+            .payload(body.into());
+        let ack = nats
+            .js
+            .send_publish(subject(&sub.spec.subject_prefix, e), publish)
+            .await
+            .map_err(|err| fail("publishing", &err))?;
+        acks.push(ack);
+    }
+    for ack in acks {
+        tokio::time::timeout(timeout, ack)
+            .await
+            .map_err(|_| fail("waiting for JetStream", &"no acknowledgement in time"))?
+            .map_err(|err| fail("JetStream refused", &err))?;
+    }
+    Ok(())
+}
+
 /// What the supervisor and the workers share.
 #[derive(Clone)]
 pub struct Delivery {
@@ -225,6 +297,7 @@ async fn worker(id: String, d: Delivery, client: reqwest::Client, stop: Cancella
     let mut attempts: u32 = 0;
     let mut failures_in_row: u32 = 0;
     let mut single = false;
+    let mut nats: Option<Nats> = None;
     while !stop.is_cancelled() {
         // Register for the wake-up before looking, so an ingest between the look and the wait is not missed.
         let woken = d.wake.notified();
@@ -269,7 +342,13 @@ async fn worker(id: String, d: Delivery, client: reqwest::Client, stop: Cancella
         let now = d.clock.now();
         let outcome = tokio::select! {
             () = stop.cancelled() => return,
-            r = deliver(&client, &sub, &batch, now) => r,
+            r = async {
+                if sub.spec.kind == "nats" {
+                    deliver_nats(&mut nats, &sub, &batch, d.settings.timeout).await
+                } else {
+                    deliver(&client, &sub, &batch, now).await
+                }
+            } => r,
         };
         let i = id.clone();
         match outcome {

@@ -37,12 +37,18 @@ const MAX_FILTER_ITEMS: usize = 1000;
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct CreateSubscription {
-    /// `webhook` (a NATS JetStream publisher is not built yet).
+    /// `webhook` or `nats` (a NATS JetStream publisher).
     kind: String,
-    /// `http://` or `https://` URL the events are POSTed to.
+    /// `webhook`: the `http://` or `https://` URL the events are POSTed to. `nats`: the server, `nats://host:port`
+    /// (or `tls://`).
     url: String,
-    /// The HMAC-SHA256 key of `StoreSync-Signature`, 16 to 256 characters.
+    /// `webhook`: the HMAC-SHA256 key of `StoreSync-Signature`, 16 to 256 characters. `nats`: not used.
+    #[serde(default)]
     secret: String,
+    /// `nats`: the JetStream stream, made if missing with subjects `<subject_prefix>.>` (default `STORESYNC`).
+    stream: Option<String>,
+    /// `nats`: events go to `<subject_prefix>.<kind>.<store>` (default `storesync`).
+    subject_prefix: Option<String>,
     /// Event kinds to deliver (`sale`, `return`, `void`, `transfer_out`, `transfer_in`, `adjustment`); absent or
     /// empty: all.
     #[serde(default)]
@@ -66,15 +72,42 @@ fn unknown_subscription() -> ApiError {
 
 impl CreateSubscription {
     fn check(self, id: String) -> Result<NewSubscription, ApiError> {
-        if self.kind != "webhook" {
-            return Err(invalid("unsupported_kind", format!("kind {:?}: only \"webhook\" is supported", self.kind)));
-        }
+        let nats = match self.kind.as_str() {
+            "webhook" => false,
+            "nats" => true,
+            other => {
+                return Err(invalid("unsupported_kind", format!("kind {other:?}: use \"webhook\" or \"nats\"")));
+            }
+        };
         let url = reqwest::Url::parse(&self.url).map_err(|e| invalid("invalid_url", format!("url: {e}")))?;
-        if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none_or(str::is_empty) {
-            return Err(invalid("invalid_url", "url must be an http:// or https:// URL with a host"));
+        let schemes: &[&str] = if nats { &["nats", "tls"] } else { &["http", "https"] };
+        if !schemes.contains(&url.scheme()) || url.host_str().is_none_or(str::is_empty) {
+            return Err(invalid(
+                "invalid_url",
+                format!("url must be a {} URL with a host", schemes.join(":// or ") + "://"),
+            ));
         }
-        if !(16..=256).contains(&self.secret.chars().count()) {
+        if !nats && !(16..=256).contains(&self.secret.chars().count()) {
             return Err(invalid("invalid_secret", "secret must be 16 to 256 characters"));
+        }
+        if nats && !self.secret.is_empty() {
+            return Err(invalid("invalid_secret", "a nats subscription has no secret"));
+        }
+        if !nats && (self.stream.is_some() || self.subject_prefix.is_some()) {
+            return Err(invalid("invalid_body", "stream and subject_prefix are for nats subscriptions"));
+        }
+        let token = |t: &str| !t.is_empty() && t.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
+        let stream = if nats { self.stream.unwrap_or_else(|| "STORESYNC".into()) } else { String::new() };
+        if nats && (stream.len() > 64 || !token(&stream)) {
+            return Err(invalid("invalid_stream", "stream must be 1 to 64 of A-Z a-z 0-9 _ -"));
+        }
+        let subject_prefix =
+            if nats { self.subject_prefix.unwrap_or_else(|| "storesync".into()) } else { String::new() };
+        if nats && (subject_prefix.len() > 128 || !subject_prefix.split('.').all(token)) {
+            return Err(invalid(
+                "invalid_subject_prefix",
+                "subject_prefix must be dot-separated tokens of A-Z a-z 0-9 _ -",
+            ));
         }
         if self.kinds.len() > MAX_FILTER_ITEMS || self.kinds.iter().any(|k| EventKind::parse(k).is_none()) {
             return Err(invalid(
@@ -108,6 +141,8 @@ impl CreateSubscription {
             stores,
             batch_size,
             max_attempts,
+            stream,
+            subject_prefix,
         })
     }
 }
@@ -123,6 +158,8 @@ fn view(s: &Subscription, with_stats: bool) -> Value {
         "batch_size": s.spec.batch_size,
         "max_attempts": s.spec.max_attempts,
         "cursor": s.cursor.to_string(),
+        "stream": (s.spec.kind == "nats").then_some(&s.spec.stream),
+        "subject_prefix": (s.spec.kind == "nats").then_some(&s.spec.subject_prefix),
         "created_at": rfc3339(s.created_at),
     });
     if with_stats {
@@ -141,7 +178,8 @@ fn view(s: &Subscription, with_stats: bool) -> Value {
             \"cursor\",\"created_at\"}`; delivery starts from the beginning of the outbox", body = Object),
         (status = 400, description = "`malformed_json`", body = ErrorBody),
         (status = 422, description = "`unsupported_kind`, `invalid_url`, `invalid_secret`, `invalid_kinds`, \
-            `invalid_stores`, `invalid_batch_size`, `invalid_max_attempts` or `invalid_body`", body = ErrorBody),
+            `invalid_stores`, `invalid_batch_size`, `invalid_max_attempts`, `invalid_stream`, `invalid_subject_prefix` \
+            or `invalid_body`", body = ErrorBody),
         AdminRefusals,
     ))]
 async fn create_subscription(
@@ -319,4 +357,55 @@ async fn rewind(
     tracing::info!(subscription = %id, cursor, "subscription rewound");
     state.outbox_wake().notify_waiters();
     Ok(Json(json!({"id": id, "cursor": cursor.to_string()})))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn check(body: Value) -> Result<NewSubscription, &'static str> {
+        let req: CreateSubscription = serde_json::from_value(body).map_err(|_| "invalid_body")?;
+        req.check("sub_x".into()).map_err(|e| e.code())
+    }
+
+    #[test]
+    fn subscriptions_are_checked_before_anything_is_stored() {
+        let hook = json!({"kind": "webhook", "url": "https://erp.example/hook", "secret": "0123456789abcdef"});
+        let ok = check(hook.clone()).unwrap();
+        assert_eq!((ok.batch_size, ok.max_attempts, ok.stream.as_str()), (100, 25, ""));
+        let nats = check(json!({"kind": "nats", "url": "nats://127.0.0.1:4222"})).unwrap();
+        assert_eq!(
+            (nats.stream.as_str(), nats.subject_prefix.as_str(), nats.secret.as_str()),
+            ("STORESYNC", "storesync", "")
+        );
+        let with = |patch: Value| {
+            let mut v = hook.clone();
+            for (k, x) in patch.as_object().unwrap() {
+                v[k] = x.clone();
+            }
+            v
+        };
+        let cases = [
+            (with(json!({"kind": "kafka"})), "unsupported_kind"),
+            (with(json!({"url": "ftp://erp.example/"})), "invalid_url"),
+            (with(json!({"url": "not a url"})), "invalid_url"),
+            (with(json!({"url": "nats://127.0.0.1:4222"})), "invalid_url"),
+            (with(json!({"secret": "short"})), "invalid_secret"),
+            (with(json!({"kinds": ["sale", "refund"]})), "invalid_kinds"),
+            (with(json!({"stores": ["S 1"]})), "invalid_stores"),
+            (with(json!({"batch_size": 0})), "invalid_batch_size"),
+            (with(json!({"batch_size": 501})), "invalid_batch_size"),
+            (with(json!({"max_attempts": 101})), "invalid_max_attempts"),
+            (with(json!({"stream": "S"})), "invalid_body"),
+            (with(json!({"extra": 1})), "invalid_body"),
+            (json!({"kind": "nats", "url": "https://x.example/"}), "invalid_url"),
+            (json!({"kind": "nats", "url": "nats://n:4222", "secret": "0123456789abcdef"}), "invalid_secret"),
+            (json!({"kind": "nats", "url": "nats://n:4222", "stream": "a.b"}), "invalid_stream"),
+            (json!({"kind": "nats", "url": "nats://n:4222", "subject_prefix": "a..b"}), "invalid_subject_prefix"),
+            (json!({"kind": "nats", "url": "nats://n:4222", "subject_prefix": "a.>"}), "invalid_subject_prefix"),
+        ];
+        for (body, want) in cases {
+            assert_eq!(check(body.clone()).err(), Some(want), "{body}");
+        }
+    }
 }

@@ -403,6 +403,8 @@ fn the_outbox_feeds_subscriptions_in_order<S: Storage>(s: &S) {
         stores: stores.iter().map(|s| (*s).to_owned()).collect(),
         batch_size: 100,
         max_attempts: 3,
+        stream: String::new(),
+        subject_prefix: String::new(),
     };
     let all = spec("all", &[]);
     s.create_subscription(&all, NOW).unwrap();
@@ -712,6 +714,8 @@ fn unprocessable_events_are_quarantined_and_block_nothing<S: Storage>(s: &S) {
         stores: vec![],
         batch_size: 100,
         max_attempts: 3,
+        stream: String::new(),
+        subject_prefix: String::new(),
     };
     let outbox = |s: &S| -> Vec<u64> { s.outbox_after(&every, 0, 10).unwrap().iter().map(|e| e.event.seq).collect() };
     assert_eq!(outbox(s), [1, 3], "a quarantined event is held out of the outbox");

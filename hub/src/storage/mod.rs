@@ -444,7 +444,7 @@ pub struct ReportEffect {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NewSubscription {
     pub id: String,
-    /// `webhook`.
+    /// `webhook` or `nats`.
     pub kind: String,
     pub url: String,
     /// The HMAC key of the delivery signature.
@@ -455,6 +455,10 @@ pub struct NewSubscription {
     pub stores: Vec<String>,
     pub batch_size: u32,
     pub max_attempts: u32,
+    /// `nats` only: the JetStream stream the hub makes sure exists (empty for webhooks).
+    pub stream: String,
+    /// `nats` only: events go to `<subject_prefix>.<kind>.<store>` (empty for webhooks).
+    pub subject_prefix: String,
 }
 
 /// A stored subscription and where its delivery stands.

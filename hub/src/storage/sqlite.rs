@@ -233,6 +233,8 @@ CREATE TABLE IF NOT EXISTS subscriptions (
     stores TEXT NOT NULL,
     batch_size INTEGER NOT NULL,
     max_attempts INTEGER NOT NULL,
+    stream TEXT NOT NULL DEFAULT '',
+    subject_prefix TEXT NOT NULL DEFAULT '',
     cursor INTEGER NOT NULL DEFAULT 0,
     created_at INTEGER NOT NULL,
     last_error TEXT,
@@ -507,7 +509,7 @@ fn ingest(
 
 /// The columns [`subscription_row`] reads, from `subscriptions`.
 const SUBSCRIPTION_SELECT: &str = "SELECT id, kind, url, secret, kinds, stores, batch_size, max_attempts, cursor,
-        created_at, last_error, last_delivery_at FROM subscriptions";
+        created_at, last_error, last_delivery_at, stream, subject_prefix FROM subscriptions";
 
 fn subscription_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Subscription> {
     let list = |i: usize| -> rusqlite::Result<Vec<String>> {
@@ -524,6 +526,8 @@ fn subscription_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Subscription> {
             stores: list(5)?,
             batch_size: r.get(6)?,
             max_attempts: r.get(7)?,
+            stream: r.get(12)?,
+            subject_prefix: r.get(13)?,
         },
         cursor: r.get(8)?,
         created_at: r.get(9)?,
@@ -1104,8 +1108,9 @@ impl Storage for SqliteStorage {
     fn create_subscription(&self, sub: &NewSubscription, now: i64) -> Result<Subscription, StorageError> {
         let conn = lock(&self.writer);
         let res = conn.execute(
-            "INSERT INTO subscriptions (id, kind, url, secret, kinds, stores, batch_size, max_attempts, created_at)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+            "INSERT INTO subscriptions (id, kind, url, secret, kinds, stores, batch_size, max_attempts, created_at,
+                                        stream, subject_prefix)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
             params![
                 sub.id,
                 sub.kind,
@@ -1115,7 +1120,9 @@ impl Storage for SqliteStorage {
                 json_list(&sub.stores),
                 sub.batch_size,
                 sub.max_attempts,
-                now
+                now,
+                sub.stream,
+                sub.subject_prefix
             ],
         );
         match res {
@@ -1876,6 +1883,8 @@ mod tests {
             stores: vec![],
             batch_size: 10,
             max_attempts: 3,
+            stream: String::new(),
+            subject_prefix: String::new(),
         };
         let seqs: Vec<u64> = s.outbox_after(&sub, 0, 10).unwrap().iter().map(|e| e.event.seq).collect();
         assert_eq!(seqs, [1, 2, 3]);

@@ -9,6 +9,7 @@ mod converge;
 mod dashboard;
 mod faults;
 mod metrics;
+mod nats;
 mod outage;
 mod packages;
 mod status_page;
