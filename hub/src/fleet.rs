@@ -249,12 +249,16 @@ pub struct StoreRow {
 /// Something head office should look at.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct Alert {
-    /// `chain_broken`, `offline`, `backlog_growing` or `dead_letters`.
+    /// `chain_broken`, `offline`, `backlog_growing`, `quarantined` (a till's events the hub cannot process) or
+    /// `dead_letters` (events a subscription gave up delivering).
     pub kind: &'static str,
     /// `critical` or `warning`.
     pub severity: &'static str,
-    pub store: String,
+    /// The store, for the alerts about one (all but `dead_letters`).
+    pub store: Option<String>,
     pub till: Option<String>,
+    /// The subscription, for `dead_letters`.
+    pub subscription: Option<String>,
     pub detail: String,
 }
 
@@ -292,6 +296,8 @@ pub struct FleetInput {
     pub samples: Vec<TillSamples>,
     pub doc_sizes: BTreeMap<String, u64>,
     pub rollouts: Vec<Rollout>,
+    /// Subscriptions with their dead-letter counts ([`crate::storage::Storage::list_subscriptions`]).
+    pub subscriptions: Vec<crate::storage::Subscription>,
 }
 
 /// The fleet as it stands at `now`.
@@ -326,7 +332,20 @@ pub fn fleet(input: &FleetInput, now: i64, t: &FleetThresholds) -> FleetView {
         }
         stores.push(row);
     }
-    alerts.sort_by_key(|a| (a.severity != "critical", a.kind, a.store.clone(), a.till.clone()));
+    for sub in input.subscriptions.iter().filter(|s| s.dead_letters > 0) {
+        alerts.push(Alert {
+            kind: "dead_letters",
+            severity: "warning",
+            store: None,
+            till: None,
+            subscription: Some(sub.spec.id.clone()),
+            detail: format!(
+                "{} events given up delivering to {} (replay them once it is fixed)",
+                sub.dead_letters, sub.spec.url
+            ),
+        });
+    }
+    alerts.sort_by_key(|a| (a.severity != "critical", a.kind, a.store.clone(), a.till.clone(), a.subscription.clone()));
     summary.alerts = alerts.len();
     FleetView { generated_at: rfc3339(now), thresholds: *t, summary, stores, alerts }
 }
@@ -385,14 +404,22 @@ fn store_row(
         alerts.push(Alert {
             kind: "offline",
             severity: "warning",
-            store: store.clone(),
+            store: Some(store.clone()),
             till: None,
+            subscription: None,
             detail: format!("no contact for {}", human_duration(now.saturating_sub(seen).unsigned_abs())),
         });
     }
     for (_, r) in &live {
         let mut raise = |kind, severity, detail: String| {
-            alerts.push(Alert { kind, severity, store: store.clone(), till: Some(r.till.clone()), detail });
+            alerts.push(Alert {
+                kind,
+                severity,
+                store: Some(store.clone()),
+                till: Some(r.till.clone()),
+                subscription: None,
+                detail,
+            });
         };
         if !r.chain_ok {
             let why = r.last_error.clone().unwrap_or_else(|| "the chain does not verify".into());
@@ -402,7 +429,7 @@ fn store_row(
             raise("backlog_growing", "warning", format!("{} events waiting and rising", r.backlog));
         }
         if r.quarantined > 0 {
-            raise("dead_letters", "warning", format!("{} events held in quarantine", r.quarantined));
+            raise("quarantined", "warning", format!("{} events held in quarantine", r.quarantined));
         }
     }
     StoreRow {
@@ -494,6 +521,7 @@ async fn fleet_now(state: &crate::api::AppState) -> Result<FleetView, crate::api
                 samples: s.progress_samples(since)?,
                 doc_sizes: s.doc_sizes()?,
                 rollouts: s.list_rollouts()?,
+                subscriptions: s.list_subscriptions()?,
             })
         })
         .await?;
@@ -557,7 +585,7 @@ async fn admin_fleet_store(
     let Some(row) = view.stores.into_iter().find(|s| s.store == store) else {
         return Err(crate::api::ApiError::new(StatusCode::NOT_FOUND, "unknown_store", "no such store"));
     };
-    let alerts: Vec<Alert> = view.alerts.into_iter().filter(|a| a.store == store).collect();
+    let alerts: Vec<Alert> = view.alerts.into_iter().filter(|a| a.store.as_deref() == Some(store.as_str())).collect();
     let s = store.clone();
     let events = state.db(move |st| st.recent_events(&s, limit)).await?;
     let s = store.clone();
@@ -709,6 +737,29 @@ mod tests {
         }
     }
 
+    fn subscription(id: &str, dead_letters: u64) -> crate::storage::Subscription {
+        crate::storage::Subscription {
+            spec: crate::storage::NewSubscription {
+                id: id.into(),
+                kind: "webhook".into(),
+                url: "https://erp.example/hook".into(),
+                secret: "0123456789abcdef".into(),
+                kinds: vec![],
+                stores: vec![],
+                batch_size: 100,
+                max_attempts: 25,
+                stream: String::new(),
+                subject_prefix: String::new(),
+            },
+            cursor: 0,
+            created_at: 0,
+            last_error: None,
+            last_delivery_at: None,
+            lag: 0,
+            dead_letters,
+        }
+    }
+
     #[test]
     fn the_fleet_view_sums_states_backlogs_and_alerts() {
         let now = 2_000_000;
@@ -734,6 +785,7 @@ mod tests {
             samples: vec![TillSamples { store: "A".into(), till: "T1".into(), samples: vec![p(now - 110, 50, 0)] }],
             doc_sizes: BTreeMap::from([("A".to_owned(), 1234)]),
             rollouts: vec![],
+            subscriptions: vec![subscription("sub_erp", 2), subscription("sub_crm", 0)],
         };
         let v = fleet(&input, now, &T);
         let s = v.summary;
@@ -749,13 +801,20 @@ mod tests {
         assert_eq!(v.stores[3].state, LinkState::NeverSeen);
         assert_eq!(v.stores[5].state, LinkState::Online, "a store is as online as its freshest till");
         let kinds: Vec<(&str, &str, Option<&str>)> =
-            v.alerts.iter().map(|a| (a.kind, a.store.as_str(), a.till.as_deref())).collect();
+            v.alerts.iter().map(|a| (a.kind, a.store.as_deref().unwrap_or(""), a.till.as_deref())).collect();
         assert_eq!(
             kinds,
-            vec![("chain_broken", "E", Some("T1")), ("dead_letters", "E", Some("T2")), ("offline", "C", None)]
+            vec![
+                ("chain_broken", "E", Some("T1")),
+                ("dead_letters", "", None),
+                ("offline", "C", None),
+                ("quarantined", "E", Some("T2"))
+            ]
         );
+        assert_eq!(v.alerts[1].subscription.as_deref(), Some("sub_erp"));
+        assert!(v.alerts[1].detail.starts_with("2 events given up"), "{}", v.alerts[1].detail);
         assert_eq!(v.alerts[2].detail, "no contact for 2 h 0 min");
-        assert_eq!((v.stores[2].alerts, v.stores[4].alerts, s.alerts), (1, 2, 3));
+        assert_eq!((v.stores[2].alerts, v.stores[4].alerts, s.alerts), (1, 2, 4));
         assert!(!v.stores[4].chain_ok);
         assert_eq!(v.stores[4].last_error.as_deref(), Some("chain_broken: seq 5"));
     }

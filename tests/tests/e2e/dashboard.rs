@@ -200,7 +200,7 @@ async fn the_dashboard_shows_fifty_stores_as_the_api_does() {
         .collect();
     let count = |k: &str| alerts.iter().filter(|(kind, _)| kind == k).count();
     assert_eq!(
-        (count("chain_broken"), count("offline"), count("backlog_growing"), count("dead_letters")),
+        (count("chain_broken"), count("offline"), count("backlog_growing"), count("quarantined")),
         (1, 10, 3, 2),
         "{alerts:?}"
     );
