@@ -82,6 +82,36 @@ pub struct AgentState {
 }
 
 impl AgentState {
+    /// The state of a freshly started agent: hub not yet contacted, no sync asked for, no update pending.
+    pub fn new(
+        journal: Journal,
+        data_dir: PathBuf,
+        update_cfg: update::UpdateConfig,
+        update_checks: update::CheckRequests,
+    ) -> AgentState {
+        AgentState {
+            journal,
+            data_dir,
+            sync: Mutex::new(SyncStatus {
+                hub: HubReach::NotConfigured,
+                hub_url: None,
+                last_sync_at: None,
+                last_error: None,
+                offline_since: None,
+            }),
+            sync_wake: Notify::new(),
+            sync_now: Notify::new(),
+            sync_requested: std::sync::atomic::AtomicU64::new(0),
+            sync_served: watch::channel(0).0,
+            update_cfg,
+            update: Mutex::new(update::UpdateStatus::default()),
+            update_checks,
+            restart_into: Mutex::new(None),
+        }
+    }
+}
+
+impl AgentState {
     pub fn sync_status(&self) -> SyncStatus {
         self.sync.lock().map(|s| s.clone()).unwrap_or(SyncStatus {
             hub: HubReach::NotConfigured,
@@ -137,25 +167,7 @@ pub async fn run_until(config: Config, shutdown: CancellationToken, boot: update
     let (checks_tx, checks_rx) = tokio::sync::mpsc::channel(1);
     let identity = journal.identity().clone();
     tracing::info!(store_id = %identity.store_id, till_id = %identity.till_id, data_dir = %config.data_dir.display(), "journal open");
-    let state = Arc::new(AgentState {
-        journal,
-        data_dir: config.data_dir.clone(),
-        sync: Mutex::new(SyncStatus {
-            hub: HubReach::NotConfigured,
-            hub_url: None,
-            last_sync_at: None,
-            last_error: None,
-            offline_since: None,
-        }),
-        sync_wake: Notify::new(),
-        sync_now: Notify::new(),
-        sync_requested: std::sync::atomic::AtomicU64::new(0),
-        sync_served: watch::channel(0).0,
-        update_cfg: config.update.clone(),
-        update: Mutex::new(update::UpdateStatus::default()),
-        update_checks: checks_tx,
-        restart_into: Mutex::new(None),
-    });
+    let state = Arc::new(AgentState::new(journal, config.data_dir.clone(), config.update.clone(), checks_tx));
     let tasks = TaskTracker::new();
     tasks.spawn(supervise_sync(state.clone(), config.sync.clone(), shutdown.clone()));
     let listener = tokio::net::TcpListener::bind(config.listen)

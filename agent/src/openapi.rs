@@ -86,19 +86,18 @@ pub(crate) async fn openapi_json() -> Response {
 #[cfg(test)]
 mod tests {
     use std::collections::BTreeSet;
-    use std::sync::{Arc, Mutex};
+    use std::sync::Arc;
 
     use axum::Router;
     use axum::body::Body;
     use axum::http::{Method, Request, StatusCode};
-    use tokio::sync::{Notify, watch};
     use tower::ServiceExt as _;
 
     use storesync_shared::apidoc::{self, Endpoint, sample_path};
 
     use super::*;
+    use crate::AgentState;
     use crate::journal::{IdentityClaim, Journal};
-    use crate::{AgentState, HubReach, SyncStatus};
 
     /// docs/API.md, whose POS API section the tests hold to the document.
     const API_MD: &str = include_str!("../../docs/API.md");
@@ -121,25 +120,8 @@ mod tests {
         let (journal, writer) = Journal::open(dir, &claim).unwrap();
         // No update task listens: `POST /v1/update/check` answers 503 `stopping` at once.
         let (update_checks, _) = tokio::sync::mpsc::channel(1);
-        let state = Arc::new(AgentState {
-            journal,
-            data_dir: dir.to_owned(),
-            sync: Mutex::new(SyncStatus {
-                hub: HubReach::NotConfigured,
-                hub_url: None,
-                last_sync_at: None,
-                last_error: None,
-                offline_since: None,
-            }),
-            sync_wake: Notify::new(),
-            sync_now: Notify::new(),
-            sync_requested: std::sync::atomic::AtomicU64::new(0),
-            sync_served: watch::channel(0).0,
-            update_cfg: crate::update::UpdateConfig::default(),
-            update: Mutex::new(crate::update::UpdateStatus::default()),
-            update_checks,
-            restart_into: Mutex::new(None),
-        });
+        let state =
+            Arc::new(AgentState::new(journal, dir.to_owned(), crate::update::UpdateConfig::default(), update_checks));
         (state, writer)
     }
 
