@@ -521,7 +521,7 @@ async fn fleet_now(state: &crate::api::AppState) -> Result<FleetView, crate::api
                 samples: s.progress_samples(since)?,
                 doc_sizes: s.doc_sizes()?,
                 rollouts: s.list_rollouts()?,
-                subscriptions: s.list_subscriptions()?,
+                subscriptions: s.list_subscriptions(false)?,
             })
         })
         .await?;

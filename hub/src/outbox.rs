@@ -253,7 +253,7 @@ pub async fn run(delivery: Delivery, shutdown: CancellationToken) {
     let tracker = TaskTracker::new();
     let mut workers: HashMap<String, CancellationToken> = HashMap::new();
     loop {
-        match delivery.db(|s| s.list_subscriptions()).await {
+        match delivery.db(|s| s.list_subscriptions(false)).await {
             Ok(subs) => {
                 let ids: Vec<String> = subs.into_iter().map(|s| s.spec.id).collect();
                 workers.retain(|id, stop| {

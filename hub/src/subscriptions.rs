@@ -202,7 +202,7 @@ async fn create_subscription(
         AdminRefusals,
     ))]
 async fn list_subscriptions(_: AdminAuth, State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
-    let subs = state.db(|s| s.list_subscriptions()).await?;
+    let subs = state.db(|s| s.list_subscriptions(true)).await?;
     Ok(Json(json!({"subscriptions": subs.iter().map(|s| view(s, true)).collect::<Vec<_>>()})))
 }
 

@@ -470,7 +470,8 @@ pub struct Subscription {
     pub created_at: i64,
     pub last_error: Option<String>,
     pub last_delivery_at: Option<i64>,
-    /// Outbox entries after `cursor` that match the filters (only filled by [`Storage::list_subscriptions`]).
+    /// Outbox entries after `cursor` that match the filters (only filled by [`Storage::list_subscriptions`] with
+    /// `lag`).
     pub lag: u64,
     /// Dead letters not replayed (only filled by [`Storage::list_subscriptions`]).
     pub dead_letters: u64,
@@ -557,8 +558,9 @@ pub trait Storage: Send + Sync + 'static {
     /// One subscription (`lag` and `dead_letters` left 0).
     fn subscription(&self, id: &str) -> Result<Option<Subscription>, StorageError>;
 
-    /// Every subscription with its lag and unreplayed dead letters, by id.
-    fn list_subscriptions(&self) -> Result<Vec<Subscription>, StorageError>;
+    /// Every subscription with its unreplayed dead letters, by id; with `lag`, also its lag (a count over the
+    /// outbox after its cursor, so only the admin listing asks for it, not the delivery supervisor's poll).
+    fn list_subscriptions(&self, lag: bool) -> Result<Vec<Subscription>, StorageError>;
 
     /// Deletes a subscription and its dead letters. False when unknown.
     fn delete_subscription(&self, id: &str) -> Result<bool, StorageError>;

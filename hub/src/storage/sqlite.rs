@@ -1148,18 +1148,20 @@ impl Storage for SqliteStorage {
         })
     }
 
-    fn list_subscriptions(&self) -> Result<Vec<Subscription>, StorageError> {
+    fn list_subscriptions(&self, lag: bool) -> Result<Vec<Subscription>, StorageError> {
         self.with_reader(|conn| {
             let mut stmt = conn.prepare_cached(&format!("{SUBSCRIPTION_SELECT} ORDER BY id"))?;
             let mut subs = stmt.query_map([], subscription_row)?.collect::<Result<Vec<_>, _>>()?;
             for sub in &mut subs {
-                sub.lag = to_u64(conn.query_row(
-                    "SELECT COUNT(*) FROM outbox o JOIN events e ON e.hub_pos = o.hub_pos
-                     WHERE o.pos > ?1 AND (?2 = '[]' OR e.kind IN (SELECT value FROM json_each(?2)))
-                       AND (?3 = '[]' OR e.store IN (SELECT value FROM json_each(?3)))",
-                    params![sub.cursor, json_list(&sub.spec.kinds), json_list(&sub.spec.stores)],
-                    |r| r.get(0),
-                )?);
+                if lag {
+                    sub.lag = to_u64(conn.query_row(
+                        "SELECT COUNT(*) FROM outbox o JOIN events e ON e.hub_pos = o.hub_pos
+                         WHERE o.pos > ?1 AND (?2 = '[]' OR e.kind IN (SELECT value FROM json_each(?2)))
+                           AND (?3 = '[]' OR e.store IN (SELECT value FROM json_each(?3)))",
+                        params![sub.cursor, json_list(&sub.spec.kinds), json_list(&sub.spec.stores)],
+                        |r| r.get(0),
+                    )?);
+                }
                 sub.dead_letters = to_u64(conn.query_row(
                     "SELECT COUNT(*) FROM dead_letters WHERE subscription = ?1 AND replayed_at IS NULL",
                     params![sub.spec.id],
