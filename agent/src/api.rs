@@ -364,7 +364,7 @@ async fn journal(
 const STATUS_DOC: &str = "The status: `store_id`, `till_id`, `journal_id`, `journal_len`, `last_seq`, `acked_seq`, \
     `unsynced`, `oldest_unsynced_age_s`, `hub` (`not_configured`, `reachable`, `unreachable`), `hub_url`, \
     `last_sync_at`, `last_error`, `offline_since`, `version`, `target`, `update`, `queue_depth`, `epoch`, \
-    `writer` (see docs/API.md)";
+    `writer`, `inbox` (the drop folder: backlog, parse errors, last error; see docs/API.md)";
 
 /// `GET /v1/status`: the journal's figures and the sync state.
 #[utoipa::path(get, path = "/v1/status", tag = "reads",
@@ -395,6 +395,7 @@ pub async fn status_value(s: &Arc<AgentState>) -> Result<serde_json::Value, ApiE
         obj.insert("epoch".into(), json!(s.journal.epoch()));
         let (groups, events) = s.journal.writer_stats().get();
         obj.insert("writer".into(), json!({"group_commits": groups, "events": events}));
+        obj.insert("inbox".into(), json!(s.inbox.view()));
     }
     Ok(v)
 }

@@ -36,6 +36,19 @@ pub struct FileConfig {
     pub update_check_interval_s: Option<u64>,
     /// How long a new version has to prove its health before it is rolled back, in seconds (2–600, default 30).
     pub update_health_timeout_s: Option<u64>,
+    /// The drop folder on or off (default on). See docs/INBOX.md.
+    pub inbox_enabled: Option<bool>,
+    /// The drop folder (default `<data-dir>/inbox`; relative to the data dir).
+    pub inbox_dir: Option<PathBuf>,
+    /// How long a dropped file must stay unchanged before it is read, in milliseconds (100–600000, default 2000).
+    pub inbox_settle_ms: Option<u64>,
+    /// How often the drop folder is listed without a change notification, in seconds (1–3600, default 10).
+    pub inbox_rescan_s: Option<u64>,
+    /// How long a file that looks cut short is waited for before it is read anyway, in seconds (1–86400,
+    /// default 60).
+    pub inbox_incomplete_after_s: Option<u64>,
+    /// The currency of CSV and POSLog files that name none (ISO 4217).
+    pub inbox_currency: Option<String>,
 }
 
 /// How logs are written.
@@ -57,6 +70,8 @@ pub struct Config {
     /// See [`FileConfig::shutdown_deadline_s`].
     pub shutdown_deadline: std::time::Duration,
     pub update: crate::update::UpdateConfig,
+    /// The drop folder.
+    pub inbox: crate::inbox::InboxConfig,
 }
 
 /// The default [`Config::shutdown_deadline`].
@@ -140,6 +155,7 @@ pub struct Overrides {
     pub listen: Option<String>,
     pub store_id: Option<String>,
     pub till_id: Option<String>,
+    pub inbox_dir: Option<PathBuf>,
 }
 
 impl Config {
@@ -173,10 +189,23 @@ impl Config {
             file.update_check_interval_s,
             file.update_health_timeout_s,
         )?;
+        let data_dir = o.data_dir.or(file.data_dir).unwrap_or_else(|| Paths::of(mode).data_dir);
+        let inbox = crate::inbox::InboxConfig::resolve(
+            &data_dir,
+            crate::inbox::Keys {
+                enabled: file.inbox_enabled,
+                dir: o.inbox_dir.or(file.inbox_dir),
+                settle_ms: file.inbox_settle_ms,
+                rescan_s: file.inbox_rescan_s,
+                incomplete_after_s: file.inbox_incomplete_after_s,
+                currency: file.inbox_currency,
+            },
+        )?;
         Ok(Config {
             update,
             shutdown_deadline,
-            data_dir: o.data_dir.or(file.data_dir).unwrap_or_else(|| Paths::of(mode).data_dir),
+            inbox,
+            data_dir,
             listen,
             store_id: o.store_id.or(file.store_id),
             till_id: o.till_id.or(file.till_id),
@@ -187,8 +216,10 @@ impl Config {
 
     /// A configuration for tests and embedding: everything default but the data dir and listen address.
     pub fn for_dir(data_dir: impl Into<PathBuf>, listen: SocketAddr) -> Config {
+        let data_dir = data_dir.into();
         Config {
-            data_dir: data_dir.into(),
+            inbox: crate::inbox::InboxConfig::default_in(&data_dir),
+            data_dir,
             listen,
             store_id: None,
             till_id: None,

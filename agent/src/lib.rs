@@ -7,6 +7,7 @@
 pub mod api;
 pub mod config;
 pub mod credential;
+pub mod inbox;
 pub mod journal;
 pub mod openapi;
 pub mod service;
@@ -79,6 +80,8 @@ pub struct AgentState {
     pub update_checks: update::CheckRequests,
     /// Set by a self-update (or its rollback): the binary to exec once the agent has stopped.
     pub restart_into: Mutex<Option<PathBuf>>,
+    /// The drop folder's figures, for the status.
+    pub inbox: inbox::InboxStats,
 }
 
 impl AgentState {
@@ -107,6 +110,7 @@ impl AgentState {
             update: Mutex::new(update::UpdateStatus::default()),
             update_checks,
             restart_into: Mutex::new(None),
+            inbox: inbox::InboxStats::default(),
         }
     }
 }
@@ -170,6 +174,9 @@ pub async fn run_until(config: Config, shutdown: CancellationToken, boot: update
     let state = Arc::new(AgentState::new(journal, config.data_dir.clone(), config.update.clone(), checks_tx));
     let tasks = TaskTracker::new();
     tasks.spawn(supervise_sync(state.clone(), config.sync.clone(), shutdown.clone()));
+    if config.inbox.enabled {
+        tasks.spawn(inbox::run(state.clone(), config.inbox.clone(), shutdown.clone()));
+    }
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("binding the POS API to {}", config.listen))?;

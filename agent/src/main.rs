@@ -27,6 +27,9 @@ struct Cli {
     /// Log format on stderr.
     #[arg(long, global = true, env = "STORESYNC_LOG_FORMAT", value_enum)]
     log_format: Option<LogFormat>,
+    /// The drop folder POS files are read from (default: `inbox` in the data dir; see docs/INBOX.md).
+    #[arg(long, global = true, env = "STORESYNC_INBOX_DIR")]
+    inbox_dir: Option<PathBuf>,
     /// Use the service's system directories instead of the user's (the systemd unit and the Windows service set
     /// this; pass it to `status`, `verify-journal` or `enroll` to act on the service's agent).
     #[arg(long, global = true, env = "STORESYNC_SERVICE")]
@@ -228,7 +231,7 @@ fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
         cli.data_dir.clone().or_else(|| file.data_dir.clone()).unwrap_or_else(|| Paths::of(mode).data_dir).join("logs")
     });
     init_tracing(log_format, log_dir.as_deref())?;
-    let mut overrides = Overrides { data_dir: cli.data_dir, ..Overrides::default() };
+    let mut overrides = Overrides { data_dir: cli.data_dir, inbox_dir: cli.inbox_dir, ..Overrides::default() };
     match cli.command {
         Command::Run { listen, store_id, till_id } => {
             overrides.listen = listen;
@@ -321,8 +324,13 @@ fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
             let config = Config::resolve(file, overrides, mode)?;
             let (conn, _) = journal::open_read_only(&config.data_dir.join(DB_FILE))?;
             let s = journal::journal_status(&conn)?;
+            let inbox = config.inbox.enabled.then(|| storesync_agent::inbox::from_disk(&config.inbox.dir));
             if json {
-                println!("{}", serde_json::to_string_pretty(&s)?);
+                let mut v = serde_json::to_value(&s)?;
+                if let Some(obj) = v.as_object_mut() {
+                    obj.insert("inbox".into(), serde_json::json!(inbox));
+                }
+                println!("{}", serde_json::to_string_pretty(&v)?);
             } else {
                 println!("store {} / till {}", s.store_id, s.till_id);
                 println!("journal: {} events, last seq {}", s.journal_len, s.last_seq);
@@ -333,6 +341,22 @@ fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
                         "sync: {} events waiting to send, oldest {} s old — all saved",
                         s.unsynced, s.oldest_unsynced_age_s
                     );
+                }
+                match &inbox {
+                    None => println!("inbox: off (inbox_enabled = false)"),
+                    Some(i) => {
+                        println!(
+                            "inbox: {} files waiting ({} bytes) in {}; {} rejected files in rejected/",
+                            i.backlog_files,
+                            i.backlog_bytes,
+                            i.dir.as_deref().unwrap_or(""),
+                            i.rejected_files
+                        );
+                        if let Some(e) = &i.last_error {
+                            let at = e.record.as_deref().map(|r| format!(" ({r})")).unwrap_or_default();
+                            println!("inbox: last error: {}{at}: {}: {} [{}]", e.file, e.code, e.detail, e.at);
+                        }
+                    }
                 }
             }
             Ok(ExitCode::SUCCESS)
@@ -369,6 +393,7 @@ fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
             }
             println!("data dir: {}", config.data_dir.display());
             println!("journal: {}", config.data_dir.join(DB_FILE).display());
+            println!("inbox: {}", config.inbox.dir.display());
             Ok(ExitCode::SUCCESS)
         }
         Command::Service { action } => {
