@@ -70,6 +70,8 @@ struct Inner {
     pub(crate) fleet: crate::fleet::FleetThresholds,
     /// Wakes the delivery workers after an ingest stored events.
     outbox_wake: Arc<tokio::sync::Notify>,
+    /// Escrow and reservations ([`crate::reservations`]); `None` on a backend without them.
+    reservations: Option<Arc<dyn crate::storage::reservations::ReservationStore>>,
 }
 
 /// What every handler shares.
@@ -116,7 +118,26 @@ impl AppState {
             max_release_bytes: crate::DEFAULT_MAX_RELEASE_BYTES,
             fleet: crate::fleet::FleetThresholds::default(),
             outbox_wake: Arc::new(tokio::sync::Notify::new()),
+            reservations: None,
         }))
+    }
+
+    /// This state with escrow and reservations kept in `store`. Call it before the state is shared.
+    ///
+    /// # Errors
+    /// A shared state.
+    pub fn with_reservations(
+        self,
+        store: Option<Arc<dyn crate::storage::reservations::ReservationStore>>,
+    ) -> anyhow::Result<AppState> {
+        let mut inner = Arc::try_unwrap(self.0)
+            .map_err(|_| anyhow::anyhow!("the reservation store must be set before the hub state is shared"))?;
+        inner.reservations = store;
+        Ok(AppState(Arc::new(inner)))
+    }
+
+    pub(crate) fn reservation_store(&self) -> Option<Arc<dyn crate::storage::reservations::ReservationStore>> {
+        self.0.reservations.clone()
     }
 
     /// This state with other release settings. Call it before the state is shared (cloned or routed).
@@ -299,6 +320,7 @@ pub(crate) fn routes(limits: &BodyLimits) -> OpenApiRouter<AppState> {
         .routes(routes!(metrics_endpoint))
         .routes(routes!(crate::openapi::openapi_json))
         .merge(crate::fleet::routes())
+        .merge(crate::reservations::routes())
         .merge(crate::subscriptions::routes())
         .layer(DefaultBodyLimit::max(MAX_SMALL_BODY))
         .merge(upload)

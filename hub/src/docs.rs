@@ -373,6 +373,24 @@ impl Docs {
         out.pop().map(|(_, meta)| meta).ok_or_else(|| DocError::Corrupt("no write result".into()))
     }
 
+    /// Sets head office's escrow registers (`(sku, qty)`) in a store's document, in one transaction. The hub's
+    /// `escrow` table is the authority (see `storage/reservations.rs`); this carries it to the tills.
+    pub fn set_escrow(&self, store: &str, escrow: &[(String, i64)], now: i64) -> Result<DocMeta, DocError> {
+        let mut out = self.write(&[store.to_owned()], now, |_, doc, _| {
+            let obj = crdt::root_map(doc, crdt::ESCROW).ok_or_else(|| DocError::Corrupt("no escrow map".into()))?;
+            let stale = escrow.iter().any(|(sku, qty)| crdt::escrow_of(doc, &obj, sku, None) != *qty);
+            if stale {
+                let mut tx = doc.transaction();
+                for (sku, qty) in escrow {
+                    crdt::set_escrow(&mut tx, &obj, sku, *qty).map_err(|e| DocError::Corrupt(e.to_string()))?;
+                }
+                tx.commit_with(CommitOptions::default().with_time(now).with_message("head-office escrow".to_owned()));
+            }
+            Ok((Extra::default(), ()))
+        })?;
+        out.pop().map(|(_, meta)| meta).ok_or_else(|| DocError::Corrupt("no write result".into()))
+    }
+
     /// Whether a store's epoch is due for compaction: too many changes, or it has grown by more than
     /// `compact_after_bytes` since its first document (so a catalogue whose snapshot alone is big does not compact
     /// after every change).
@@ -391,8 +409,12 @@ impl Docs {
         let res = self.storage.compact(store, now, &mut |input| {
             let doc = load_doc(input.snapshot.as_deref(), &input.chunks)?;
             let prices = crdt::root_map(&doc, crdt::PRICES).map(|p| crdt::all_prices(&doc, &p)).unwrap_or_default();
-            let fresh = crdt::epoch_doc(ActorId::random(), &input.base, &prices, &now_key, now)
+            let mut fresh = crdt::epoch_doc(ActorId::random(), &input.base, &prices, &now_key, now)
                 .map_err(|e| format!("building the epoch document: {e}"))?;
+            let (escrow, holds) = crdt::root_map(&doc, crdt::ESCROW)
+                .map(|e| (crdt::all_escrow(&doc, &e), crdt::holds(&doc, &e, None)))
+                .unwrap_or_default();
+            crdt::carry_escrow(&mut fresh, &escrow, &holds, now).map_err(|e| format!("carrying the escrow: {e}"))?;
             Ok(fresh.save())
         });
         *guard = None;
@@ -558,6 +580,42 @@ mod tests {
             docs.sync_round("S1", "T2", 0, &[], NOW).unwrap();
             docs.read("S1", |doc, _| crdt::root_map(doc, crdt::STOCK).is_some()).unwrap();
         }
+    }
+
+    /// Head office's escrow reaches a till through the ordinary sync rounds, and survives a compaction.
+    #[test]
+    fn escrow_reaches_the_tills_and_survives_compaction() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("hub.db");
+        let till_id = TillId { store: "S1".into(), till: "T1".into() };
+        storage(&path)
+            .create_enrollment(&NewEnrollment {
+                code_hash: "c".into(),
+                till: till_id,
+                created_at: NOW,
+                expires_at: NOW + 1,
+            })
+            .unwrap();
+        let docs = Docs::new(storage(&path), SyncLimits::default());
+        docs.set_escrow("S1", &[("A".into(), 4), ("B".into(), 1)], NOW).unwrap();
+        let version = docs.read("S1", |_, m| m.version).unwrap();
+        docs.set_escrow("S1", &[("A".into(), 4)], NOW).unwrap();
+        assert_eq!(docs.read("S1", |_, m| m.version).unwrap(), version, "an unchanged escrow writes nothing");
+        let mut till = crdt::genesis().with_actor(ActorId::random());
+        let mut state = State::new();
+        for _ in 0..4 {
+            let msg = till.generate_sync_message(&mut state).map(Message::encode).unwrap_or_default();
+            match docs.sync_round("S1", "T1", 0, &msg, NOW).unwrap().reply {
+                Some(reply) => till.receive_sync_message(&mut state, Message::decode(&reply).unwrap()).unwrap(),
+                None => break,
+            }
+        }
+        let escrow = crdt::root_map(&till, crdt::ESCROW).unwrap();
+        assert_eq!(crdt::all_escrow(&till, &escrow), BTreeMap::from([("A".into(), 4), ("B".into(), 1)]));
+        let rec = docs.compact("S1", NOW).unwrap();
+        let snap = Automerge::load(&rec.doc).unwrap();
+        let escrow = crdt::root_map(&snap, crdt::ESCROW).unwrap();
+        assert_eq!(crdt::all_escrow(&snap, &escrow), BTreeMap::from([("A".into(), 4), ("B".into(), 1)]));
     }
 
     #[test]

@@ -12,6 +12,7 @@ pub mod api;
 pub mod docs;
 pub mod fleet;
 pub mod openapi;
+pub mod reservations;
 pub mod outbox;
 pub mod release;
 pub mod rollout;

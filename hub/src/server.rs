@@ -59,7 +59,7 @@ pub async fn bind(config: Config) -> anyhow::Result<Server> {
         );
     }
     let tls = config.tls.as_ref().map(load_tls).transpose()?;
-    let state = AppState::open(&config)?;
+    let state = AppState::open(&config)?.with_reservations(crate::reservations::open_store(&config)?)?;
     let listener = TcpListener::bind(config.listen).await.with_context(|| format!("binding {}", config.listen))?;
     let local_addr = listener.local_addr().context("reading the bound address")?;
     let delivery = state.delivery(config.delivery);

@@ -4,7 +4,8 @@
 //! ROOT
 //! ├── "stock":  { "<sku>\u{1f}<writer>": Counter }          on_hand(sku) = Σ over writers
 //! ├── "prices": { "<sku>\u{1f}<effective_from UTC>": "<price_minor> <currency>" }
-//! ├── "escrow": { }                                          reserved for held stock
+//! ├── "escrow": { "qty\u{1f}<sku>": Int,                      units held back for online orders (hub only)
+//! │             "hold\u{1f}<reservation id>": Str (JSON) }    active reservations against them (hub only)
 //! └── "config": { }                                          store configuration
 //! ```
 //!
@@ -220,6 +221,113 @@ pub fn price_at(doc: &impl ReadDoc, prices: &ObjId, sku: &str, now: &str, heads:
     view
 }
 
+// Escrow: how many units of a SKU a store holds back for online orders. Only head office writes it (a till's
+// sync message touching it is refused like any write outside the till's own stock slot), so one register per SKU
+// with last-writer-wins is exact: every write is a hub change made in causal order after the one before it.
+
+const ESCROW_QTY: &str = "qty";
+
+/// The key of `sku`'s escrow register in the escrow map.
+pub fn escrow_key(sku: &str) -> String {
+    format!("{ESCROW_QTY}{SEP}{sku}")
+}
+
+/// Sets the store's escrow for `sku` (0 removes the register).
+pub fn set_escrow<T: Transactable>(tx: &mut T, escrow: &ObjId, sku: &str, qty: i64) -> Result<(), AutomergeError> {
+    if qty == 0 { tx.delete(escrow, escrow_key(sku).as_str()) } else { tx.put(escrow, escrow_key(sku).as_str(), qty) }
+}
+
+/// The store's escrow for `sku` (0 when none is set), at `heads` if given.
+pub fn escrow_of(doc: &impl ReadDoc, escrow: &ObjId, sku: &str, heads: Option<&[ChangeHash]>) -> i64 {
+    let key = escrow_key(sku);
+    let got = match heads {
+        Some(h) => doc.get_at(escrow, key.as_str(), h),
+        None => doc.get(escrow, key.as_str()),
+    };
+    match got {
+        Ok(Some((Value::Scalar(s), _))) => s.as_i64().unwrap_or(0),
+        _ => 0,
+    }
+}
+
+/// An active reservation as the store's document carries it to the tills: what to pick for which order.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
+pub struct Hold {
+    pub reservation_id: uuid::Uuid,
+    pub order_id: String,
+    pub lines: Vec<crate::reservation::ReservedLine>,
+    /// RFC 3339, UTC.
+    pub pickup_by: String,
+    /// `reserved` or `picked`.
+    pub status: crate::reservation::ReservationStatus,
+}
+
+const HOLD: &str = "hold";
+
+fn hold_key(id: uuid::Uuid) -> String {
+    format!("{HOLD}{SEP}{id}")
+}
+
+/// Puts (or replaces) a hold in the escrow map.
+pub fn put_hold<T: Transactable>(tx: &mut T, escrow: &ObjId, hold: &Hold) -> Result<(), AutomergeError> {
+    let text = serde_json::to_string(hold).map_err(|_| AutomergeError::Fail)?;
+    tx.put(escrow, hold_key(hold.reservation_id).as_str(), text)
+}
+
+/// Removes a hold (the reservation ended or moved to another store).
+pub fn remove_hold<T: Transactable>(tx: &mut T, escrow: &ObjId, id: uuid::Uuid) -> Result<(), AutomergeError> {
+    tx.delete(escrow, hold_key(id).as_str())
+}
+
+/// Every hold in the escrow map, at `heads` if given, in reservation id order. Unreadable entries are skipped.
+pub fn holds(doc: &impl ReadDoc, escrow: &ObjId, heads: Option<&[ChangeHash]>) -> Vec<Hold> {
+    let range = format!("{HOLD}{SEP}")..format!("{HOLD}{SEP_NEXT}");
+    let parse = |v: &ValueRef<'_>| match v {
+        ValueRef::Scalar(ScalarValueRef::Str(text)) => serde_json::from_str::<Hold>(text).ok(),
+        _ => None,
+    };
+    match heads {
+        Some(h) => doc.map_range_at(escrow, range, h).filter_map(|i| parse(&i.value)).collect(),
+        None => doc.map_range(escrow, range).filter_map(|i| parse(&i.value)).collect(),
+    }
+}
+
+/// Every SKU's escrow the document holds.
+pub fn all_escrow(doc: &impl ReadDoc, escrow: &ObjId) -> BTreeMap<String, i64> {
+    let prefix = format!("{ESCROW_QTY}{SEP}");
+    doc.map_range(escrow, ..)
+        .filter_map(|i| {
+            let sku = i.key.strip_prefix(&prefix)?;
+            let ValueRef::Scalar(s) = &i.value else { return None };
+            Some((sku.to_owned(), s.as_i64()))
+        })
+        .filter(|(_, q)| *q != 0)
+        .collect()
+}
+
+/// Copies `escrow` and `holds` (from [`all_escrow`] and [`holds`] of the old document) into a new epoch's document
+/// as ONE change (none when both are empty), so compaction keeps what head office holds back and promised.
+pub fn carry_escrow(
+    doc: &mut Automerge,
+    escrow: &BTreeMap<String, i64>,
+    holds: &[Hold],
+    time: i64,
+) -> Result<(), AutomergeError> {
+    if escrow.is_empty() && holds.is_empty() {
+        return Ok(());
+    }
+    let obj = root_map(doc, ESCROW).ok_or(AutomergeError::Fail)?;
+    let mut tx = doc.transaction();
+    for (sku, qty) in escrow {
+        set_escrow(&mut tx, &obj, sku, *qty)?;
+    }
+    for h in holds {
+        put_hold(&mut tx, &obj, h)?;
+    }
+    tx.commit_with(CommitOptions::default().with_time(time).with_message("storesync epoch escrow".to_owned()));
+    Ok(())
+}
+
 // Epochs: the pure parts of the hub's compaction.
 
 /// The writer slot holding an epoch snapshot's base counters (journal effects up to the cuts plus head-office
@@ -427,6 +535,55 @@ mod tests {
         // The till has our heads, by its message or by the shared heads: nothing to send.
         assert!(reply_if_needed(reply.clone(), Some(&ours), &[], &ours).is_none());
         assert!(reply_if_needed(reply, None, &ours, &ours).is_none());
+    }
+
+    #[test]
+    fn escrow_is_a_hub_register_per_sku_that_survives_an_epoch() {
+        let mut hub = till("hub");
+        let escrow = root_map(&hub, ESCROW).unwrap();
+        let mut tx = hub.transaction();
+        set_escrow(&mut tx, &escrow, "A", 4).unwrap();
+        set_escrow(&mut tx, &escrow, "AB", 2).unwrap();
+        tx.commit();
+        let mut tx = hub.transaction();
+        set_escrow(&mut tx, &escrow, "A", 3).unwrap();
+        set_escrow(&mut tx, &escrow, "AB", 0).unwrap();
+        tx.commit();
+        assert_eq!(escrow_of(&hub, &escrow, "A", None), 3);
+        assert_eq!(escrow_of(&hub, &escrow, "AB", None), 0);
+        assert_eq!(all_escrow(&hub, &escrow), BTreeMap::from([("A".to_owned(), 3)]));
+        // A till that merges the hub's changes sees the same escrow; a till may not write it.
+        let mut t1 = till("t1");
+        t1.merge(&mut hub.clone()).unwrap();
+        assert_eq!(escrow_of(&t1, &escrow, "A", None), 3);
+        let before = t1.get_heads();
+        let mut tx = t1.transaction();
+        set_escrow(&mut tx, &escrow, "A", 99).unwrap();
+        tx.commit();
+        assert!(foreign_op(&t1, &before, "T1").is_some(), "escrow is head office's alone");
+        // Compaction: the epoch document plus the carried escrow.
+        let mut fresh =
+            epoch_doc(ActorId::random(), &BTreeMap::new(), &BTreeMap::new(), "2026-01-01T00:00:00Z", 0).unwrap();
+        let hold = Hold {
+            reservation_id: uuid::Uuid::from_u128(7),
+            order_id: "W-1".into(),
+            lines: vec![crate::reservation::ReservedLine { sku: "A".into(), qty: 2 }],
+            pickup_by: "2026-01-02T00:00:00Z".into(),
+            status: crate::reservation::ReservationStatus::Reserved,
+        };
+        let mut tx = hub.transaction();
+        put_hold(&mut tx, &escrow, &hold).unwrap();
+        put_hold(&mut tx, &escrow, &Hold { reservation_id: uuid::Uuid::from_u128(8), ..hold.clone() }).unwrap();
+        tx.commit();
+        let mut tx = hub.transaction();
+        remove_hold(&mut tx, &escrow, uuid::Uuid::from_u128(8)).unwrap();
+        tx.commit();
+        assert_eq!(holds(&hub, &escrow, None), [hold.clone()]);
+        assert_eq!(all_escrow(&hub, &escrow).len(), 1, "holds are not escrow registers");
+        carry_escrow(&mut fresh, &all_escrow(&hub, &escrow), &holds(&hub, &escrow, None), 0).unwrap();
+        let obj = root_map(&fresh, ESCROW).unwrap();
+        assert_eq!(all_escrow(&fresh, &obj), BTreeMap::from([("A".to_owned(), 3)]));
+        assert_eq!(holds(&fresh, &obj, None), [hold]);
     }
 
     #[test]

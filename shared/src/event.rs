@@ -15,6 +15,7 @@ use time::format_description::well_known::Rfc3339;
 use uuid::Uuid;
 
 use crate::canonical::canonical_json;
+use crate::reservation::{ReservationChange, ReservationEvent};
 
 /// The only wire schema version this build reads and writes.
 pub const SCHEMA_VERSION: u32 = 1;
@@ -37,17 +38,62 @@ pub enum EventKind {
     TransferOut,
     TransferIn,
     Adjustment,
+    /// A till marks a reservation picked (set aside for the customer).
+    ReservationPick,
+    /// A till cancels a reservation, with a reason.
+    ReservationCancel,
+    /// Hub-made: a reservation's state changes ([`crate::reservation`]).
+    ReservationReserved,
+    ReservationRerouted,
+    ReservationPicked,
+    ReservationCollected,
+    ReservationCancelled,
+    ReservationExpired,
 }
 
 impl EventKind {
-    pub const ALL: [EventKind; 6] = [
+    pub const ALL: [EventKind; 14] = [
         EventKind::Sale,
         EventKind::Return,
         EventKind::Void,
         EventKind::TransferOut,
         EventKind::TransferIn,
         EventKind::Adjustment,
+        EventKind::ReservationPick,
+        EventKind::ReservationCancel,
+        EventKind::ReservationReserved,
+        EventKind::ReservationRerouted,
+        EventKind::ReservationPicked,
+        EventKind::ReservationCollected,
+        EventKind::ReservationCancelled,
+        EventKind::ReservationExpired,
     ];
+
+    /// The kind of a reservation event recording `change`.
+    pub fn of_reservation(change: ReservationChange) -> EventKind {
+        match change {
+            ReservationChange::Reserved => EventKind::ReservationReserved,
+            ReservationChange::Rerouted => EventKind::ReservationRerouted,
+            ReservationChange::Picked => EventKind::ReservationPicked,
+            ReservationChange::Collected => EventKind::ReservationCollected,
+            ReservationChange::Cancelled => EventKind::ReservationCancelled,
+            ReservationChange::Expired => EventKind::ReservationExpired,
+        }
+    }
+
+    /// Kinds only the hub makes (reservation state changes). A till may not journal them: the POS API and the drop
+    /// folder refuse them, and the hub quarantines an uploaded one.
+    pub fn is_hub_only(self) -> bool {
+        matches!(
+            self,
+            EventKind::ReservationReserved
+                | EventKind::ReservationRerouted
+                | EventKind::ReservationPicked
+                | EventKind::ReservationCollected
+                | EventKind::ReservationCancelled
+                | EventKind::ReservationExpired
+        )
+    }
 
     pub fn as_str(self) -> &'static str {
         match self {
@@ -57,6 +103,14 @@ impl EventKind {
             EventKind::TransferOut => "transfer_out",
             EventKind::TransferIn => "transfer_in",
             EventKind::Adjustment => "adjustment",
+            EventKind::ReservationPick => "reservation_pick",
+            EventKind::ReservationCancel => "reservation_cancel",
+            EventKind::ReservationReserved => "reservation_reserved",
+            EventKind::ReservationRerouted => "reservation_rerouted",
+            EventKind::ReservationPicked => "reservation_picked",
+            EventKind::ReservationCollected => "reservation_collected",
+            EventKind::ReservationCancelled => "reservation_cancelled",
+            EventKind::ReservationExpired => "reservation_expired",
         }
     }
 
@@ -106,6 +160,9 @@ pub struct SaleBody {
     pub payments: Vec<Tender>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub customer_id: Option<String>,
+    /// The online reservation this sale hands over (buy online, pick up in store): the hub marks it collected.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reservation_id: Option<Uuid>,
 }
 
 /// `POST /v1/returns`.
@@ -185,6 +242,19 @@ pub struct AdjustmentBody {
     pub reason: AdjustmentReason,
 }
 
+/// `POST /v1/reservations/{id}/picked` and `/cancel`: a till's action on a reservation (kinds `reservation_pick`
+/// and `reservation_cancel`; a cancel needs a reason, a pick has none).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TillReservationBody {
+    #[serde(default = "schema_v1")]
+    pub schema: u32,
+    pub occurred_at: String,
+    pub reservation_id: Uuid,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
 /// A validated-or-not event body of any kind.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum EventBody {
@@ -193,6 +263,10 @@ pub enum EventBody {
     Void(VoidBody),
     Transfer(TransferBody),
     Adjustment(AdjustmentBody),
+    ReservationPick(TillReservationBody),
+    ReservationCancel(TillReservationBody),
+    /// Hub-made only ([`EventKind::is_hub_only`]).
+    Reservation(ReservationEvent),
 }
 
 /// Which body a request path (or a drop-file record) carries. Transfers pick their kind from `direction`.
@@ -203,6 +277,10 @@ pub enum BodyType {
     Void,
     Transfer,
     Adjustment,
+    /// A reservation event: the hub's own, never a till's.
+    Reservation,
+    ReservationPick,
+    ReservationCancel,
 }
 
 impl BodyType {
@@ -213,6 +291,14 @@ impl BodyType {
             EventKind::Void => BodyType::Void,
             EventKind::TransferOut | EventKind::TransferIn => BodyType::Transfer,
             EventKind::Adjustment => BodyType::Adjustment,
+            EventKind::ReservationPick => BodyType::ReservationPick,
+            EventKind::ReservationCancel => BodyType::ReservationCancel,
+            EventKind::ReservationReserved
+            | EventKind::ReservationRerouted
+            | EventKind::ReservationPicked
+            | EventKind::ReservationCollected
+            | EventKind::ReservationCancelled
+            | EventKind::ReservationExpired => BodyType::Reservation,
         }
     }
 }
@@ -240,6 +326,9 @@ pub fn parse_request(ty: BodyType, bytes: &[u8]) -> Result<(Option<Uuid>, EventB
 
 /// [`parse_request`] for a body that is already a JSON value.
 pub fn parse_request_value(ty: BodyType, value: Value) -> Result<(Option<Uuid>, EventBody), ValidationError> {
+    if ty == BodyType::Reservation {
+        return Err(ValidationError::new("hub_only_kind", "reservation events are made by the hub, never by a till"));
+    }
     let Value::Object(mut map) = value else {
         return Err(ValidationError::new("invalid_body", "request body must be a JSON object"));
     };
@@ -304,6 +393,9 @@ impl EventBody {
             BodyType::Void => EventBody::Void(from_value(value)?),
             BodyType::Transfer => EventBody::Transfer(from_value(value)?),
             BodyType::Adjustment => EventBody::Adjustment(from_value(value)?),
+            BodyType::Reservation => EventBody::Reservation(from_value(value)?),
+            BodyType::ReservationPick => EventBody::ReservationPick(from_value(value)?),
+            BodyType::ReservationCancel => EventBody::ReservationCancel(from_value(value)?),
         })
     }
 
@@ -340,6 +432,9 @@ impl EventBody {
                 Direction::In => EventKind::TransferIn,
             },
             EventBody::Adjustment(_) => EventKind::Adjustment,
+            EventBody::Reservation(r) => EventKind::of_reservation(r.change),
+            EventBody::ReservationPick(_) => EventKind::ReservationPick,
+            EventBody::ReservationCancel(_) => EventKind::ReservationCancel,
         }
     }
 
@@ -350,6 +445,8 @@ impl EventBody {
             EventBody::Void(b) => &b.occurred_at,
             EventBody::Transfer(b) => &b.occurred_at,
             EventBody::Adjustment(b) => &b.occurred_at,
+            EventBody::Reservation(b) => &b.occurred_at,
+            EventBody::ReservationPick(b) | EventBody::ReservationCancel(b) => &b.occurred_at,
         }
     }
 
@@ -360,6 +457,8 @@ impl EventBody {
             EventBody::Void(b) => serde_json::to_value(b),
             EventBody::Transfer(b) => serde_json::to_value(b),
             EventBody::Adjustment(b) => serde_json::to_value(b),
+            EventBody::Reservation(b) => serde_json::to_value(b),
+            EventBody::ReservationPick(b) | EventBody::ReservationCancel(b) => serde_json::to_value(b),
         };
         // Serializing plain structs of strings and integers into a Value cannot fail.
         v.unwrap_or(Value::Null)
@@ -406,6 +505,13 @@ impl EventBody {
                     ));
                 }
             }
+            EventBody::Reservation(b) => b.validate()?,
+            EventBody::ReservationPick(b) => {
+                if b.reason.is_some() {
+                    return Err(ValidationError::new("unexpected_reason", "a pick carries no reason"));
+                }
+            }
+            EventBody::ReservationCancel(b) => check_text(b.reason.as_deref().unwrap_or(""), "reason")?,
         }
         Ok(())
     }
@@ -434,7 +540,11 @@ impl EventBody {
                 b.lines.iter().for_each(|l| add(&l.sku, sign * l.qty));
             }
             EventBody::Adjustment(b) => add(&b.sku, b.delta),
-            EventBody::Void(_) => {}
+            // A promise moves no stock; the collecting sale does.
+            EventBody::Void(_)
+            | EventBody::Reservation(_)
+            | EventBody::ReservationPick(_)
+            | EventBody::ReservationCancel(_) => {}
         }
         out.retain(|_, d| *d != 0);
         out
@@ -625,6 +735,10 @@ mod tests {
                                         "lines": [{"sku": "A", "qty": 1, "unit_price_minor": 100}],
                                         "refunds": [{"method": "cash", "amount_minor": 100}]})
             }
+            BodyType::Reservation => json!({"occurred_at": "2026-11-26T14:05:00Z"}),
+            BodyType::ReservationPick | BodyType::ReservationCancel => {
+                json!({"occurred_at": "2026-11-26T14:05:00Z", "reservation_id": Uuid::nil(), "reason": "gone"})
+            }
         };
         mutate(&mut v);
         let err = parse_request_value(ty, v).expect_err("should be refused");
@@ -673,6 +787,11 @@ mod tests {
         check(Transfer, |v| v["transfer_id"] = json!(" "), "invalid_text");
         check(Void, |v| v["voided_event_id"] = json!("nope"), "invalid_body");
         check(Return, |v| v["refunds"] = json!([]), "tender_mismatch");
+        check(Reservation, |_| {}, "hub_only_kind");
+        check(ReservationPick, |_| {}, "unexpected_reason");
+        check(ReservationCancel, |v| v["reason"] = json!(" "), "invalid_text");
+        check(ReservationCancel, |v| drop(v.as_object_mut().unwrap().remove("reason")), "invalid_text");
+        check(Sale, |v| v["reservation_id"] = json!("W-1"), "invalid_body");
     }
 
     #[test]
@@ -709,7 +828,15 @@ mod tests {
                 let total: i64 = lines.iter().map(|l| l.qty * l.unit_price_minor - l.discount_minor).sum();
                 let payments =
                     if total == 0 { vec![] } else { vec![Tender { method: "card".into(), amount_minor: total }] };
-                EventBody::Sale(SaleBody { schema: 1, occurred_at, currency: cur.into(), lines, payments, customer_id })
+                EventBody::Sale(SaleBody {
+                    schema: 1,
+                    occurred_at,
+                    currency: cur.into(),
+                    lines,
+                    payments,
+                    customer_id,
+                    reservation_id: None,
+                })
             });
         let adj =
             (ts.clone(), arb_sku(), prop_oneof![-MAX_QTY..0, 1..=MAX_QTY]).prop_map(|(occurred_at, sku, delta)| {

@@ -4,6 +4,7 @@
 //! - [`canonical`]: the one byte encoding used for hashing, and the journal hash chain;
 //! - [`crdt`]: the layout of a store's automerge document (stock counters, prices) and pure helpers on it;
 //! - [`wire`]: the agent ↔ hub protocol types;
+//! - [`reservation`]: buy online, pick up in store: the canonical reservation events and their state machine;
 //! - [`release`]: signed release manifests and the rules an agent applies before it self-updates;
 //! - [`metrics`]: the process's Prometheus registry, rendered as text by both binaries' `/metrics`;
 //! - [`apidoc`]: what the binaries' OpenAPI tests read out of a document and out of docs/API.md's text.
@@ -17,6 +18,7 @@ pub mod crdt;
 pub mod event;
 pub mod metrics;
 pub mod release;
+pub mod reservation;
 pub mod wire;
 
 pub use canonical::{canonical_json, event_hash, genesis_hash};

@@ -77,6 +77,9 @@ impl JournalEvent {
 /// (the hub's quarantine release).
 pub fn check_body(seq: u64, kind: EventKind, occurred_at: &str, body: &Value) -> Result<(), ChainError> {
     let bad = |detail: String| ChainError::BadBody { seq, kind: kind.to_string(), detail };
+    if kind.is_hub_only() {
+        return Err(bad("a till may not journal a hub-only kind".into()));
+    }
     let parsed = EventBody::from_stored_ref(kind, body)
         .and_then(|b| b.validate().map(|()| b))
         .map_err(|e| bad(e.to_string()))?;

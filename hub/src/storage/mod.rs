@@ -32,6 +32,7 @@
 //!   `agent_version`, and counts against the target's rollout (the rules of [`crate::rollout`]) in one
 //!   transaction, so an automatic halt at `max_failures` can never be lost between two hub instances.
 
+pub mod reservations;
 pub mod sqlite;
 
 use storesync_shared::wire::{TillState, UploadAck, UploadRequest};

@@ -50,6 +50,10 @@ use super::{
 use crate::rollout::{self, Stage, Transition};
 use storesync_shared::release::UpdateOutcome;
 
+/// Escrow and reservations: their own file (`sqlite_reservations.rs`), a child module so it shares the connections.
+#[path = "sqlite_reservations.rs"]
+mod reservations;
+
 const SCHEMA: &str = r#"
 CREATE TABLE IF NOT EXISTS tills (
     store TEXT NOT NULL,
@@ -324,6 +328,7 @@ impl SqliteStorage {
         let writer = open_connection(path)?;
         writer.pragma_update(None, "cache_size", -WRITER_CACHE_KIB)?;
         writer.execute_batch(SCHEMA)?;
+        writer.execute_batch(reservations::SCHEMA)?;
         let outbox_empty: bool = writer.query_row("SELECT NOT EXISTS (SELECT 1 FROM outbox)", [], |r| r.get(0))?;
         if outbox_empty {
             writer.execute(OUTBOX_BACKFILL, [])?;
