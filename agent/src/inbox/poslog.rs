@@ -667,7 +667,6 @@ mod tests {
         assert_eq!(ret["reason"], "Damaged packaging");
         assert_eq!(ret["original_event_id"], json!(rs[0].event_id));
         assert_eq!(skipped(&items).len(), 2, "{:?}", skipped(&items));
-        // Vendor-namespace elements (the export header's own Total) are ignored.
         assert!(skipped(&items).iter().any(|s| s.contains("ControlTransaction")));
         assert!(skipped(&items).iter().any(|s| s.contains("CancelFlag")));
     }

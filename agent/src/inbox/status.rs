@@ -90,25 +90,34 @@ pub fn from_disk(dir: &Path) -> InboxView {
     view
 }
 
+/// How many files wait in `rejected/` (reports not counted).
+pub(crate) fn count_rejected(dir: &Path) -> u64 {
+    let Ok(entries) = std::fs::read_dir(dir) else { return 0 };
+    entries
+        .flatten()
+        .filter(|e| e.file_type().is_ok_and(|t| t.is_file()))
+        .filter(|e| {
+            let name = e.file_name();
+            let name = name.to_string_lossy();
+            !name.starts_with('.') && !name.ends_with(REPORT_SUFFIX)
+        })
+        .count() as u64
+}
+
 /// How many files wait in `rejected/`, and the first error of the newest report there.
 pub(crate) fn rejected(dir: &Path) -> (u64, Option<LastError>) {
     let Ok(entries) = std::fs::read_dir(dir) else { return (0, None) };
-    let mut count = 0;
     let mut newest: Option<(std::time::SystemTime, std::path::PathBuf)> = None;
     for entry in entries.flatten() {
         let name = entry.file_name().to_string_lossy().into_owned();
-        if name.starts_with('.') || !entry.file_type().is_ok_and(|t| t.is_file()) {
+        if name.starts_with('.') || !name.ends_with(REPORT_SUFFIX) {
             continue;
         }
-        if name.ends_with(REPORT_SUFFIX) {
-            let modified = entry.metadata().and_then(|m| m.modified()).ok();
-            if let Some(m) = modified
-                && newest.as_ref().is_none_or(|(t, _)| m > *t)
-            {
-                newest = Some((m, entry.path()));
-            }
-        } else {
-            count += 1;
+        let modified = entry.metadata().and_then(|m| m.modified()).ok();
+        if let Some(m) = modified
+            && newest.as_ref().is_none_or(|(t, _)| m > *t)
+        {
+            newest = Some((m, entry.path()));
         }
     }
     let last = newest.and_then(|(_, path)| {
@@ -130,5 +139,5 @@ pub(crate) fn rejected(dir: &Path) -> (u64, Option<LastError>) {
             detail: text(&first["detail"]).unwrap_or_default(),
         })
     });
-    (count, last)
+    (count_rejected(dir), last)
 }

@@ -138,16 +138,19 @@ async fn watch(state: Arc<AgentState>, cfg: InboxConfig, shutdown: CancellationT
             None => {}
         }
         let d = dir.clone();
-        let listed = blocking(move || scan(&d)).await.unwrap_or_else(|| Err(std::io::Error::other("listing failed")));
+        let listed = blocking(move || scan(&d).map(|files| (files, status::count_rejected(&d.join(REJECTED)))))
+            .await
+            .unwrap_or_else(|| Err(std::io::Error::other("listing failed")));
         let now = Instant::now();
         match listed {
-            Ok(files) => {
+            Ok((files, rejected)) => {
                 folder_error = None;
                 track(&mut tracked, &files, now);
                 let bytes = files.iter().map(|f| f.len).sum();
                 state.inbox.update(|v| {
                     v.backlog_files = files.len() as u64;
                     v.backlog_bytes = bytes;
+                    v.rejected_files = rejected;
                 });
                 metrics::gauge!("storesync_agent_inbox_backlog_files").set(files.len() as f64);
                 if let Some(file) = pick(&files, &tracked, &cfg, now).await {

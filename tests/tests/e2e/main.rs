@@ -8,6 +8,7 @@ mod browser;
 mod converge;
 mod dashboard;
 mod faults;
+mod inbox;
 mod metrics;
 mod nats;
 mod outage;
