@@ -111,6 +111,9 @@ pub(crate) fn routes() -> OpenApiRouter<Arc<AgentState>> {
         .routes(routes!(post_void))
         .routes(routes!(post_transfer))
         .routes(routes!(post_adjustment))
+        .routes(routes!(crate::reservations::list))
+        .routes(routes!(crate::reservations::picked))
+        .routes(routes!(crate::reservations::cancel))
         .routes(routes!(stock))
         .routes(routes!(price))
         .routes(routes!(journal))
@@ -220,9 +223,16 @@ async fn write(State(s): State<Arc<AgentState>>, ty: BodyType, Body(bytes): Body
             if e.code == "malformed_json" { StatusCode::BAD_REQUEST } else { StatusCode::UNPROCESSABLE_ENTITY };
         ApiError::new(status, e.code, e.detail)
     })?;
+    let walk_in = crate::reservations::walk_in_skus(&body);
     let (status, receipt): (StatusCode, Receipt) = match s.journal.append(event_id, body).await? {
-        AppendOutcome::Created(r) => {
+        AppendOutcome::Created(mut r) => {
             s.sync_wake.notify_one();
+            if !walk_in.is_empty() {
+                let state = s.clone();
+                r.warnings = tokio::task::spawn_blocking(move || crate::reservations::warnings(&state, &walk_in))
+                    .await
+                    .unwrap_or_default();
+            }
             (StatusCode::CREATED, r)
         }
         AppendOutcome::Existing(r) => (StatusCode::OK, r),

@@ -10,6 +10,7 @@ pub mod credential;
 pub mod inbox;
 pub mod journal;
 pub mod openapi;
+pub mod reservations;
 pub mod service;
 pub mod sync;
 pub mod update;

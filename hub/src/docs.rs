@@ -391,6 +391,34 @@ impl Docs {
         out.pop().map(|(_, meta)| meta).ok_or_else(|| DocError::Corrupt("no write result".into()))
     }
 
+    /// Makes the holds in a store's document (`crdt::holds`) exactly `want` (the store's active reservations), in
+    /// one transaction; writes nothing when they already are. Answers whether it wrote.
+    pub fn set_holds(&self, store: &str, want: &[crdt::Hold], now: i64) -> Result<bool, DocError> {
+        let mut out = self.write(&[store.to_owned()], now, |_, doc, _| {
+            let obj = crdt::root_map(doc, crdt::ESCROW).ok_or_else(|| DocError::Corrupt("no escrow map".into()))?;
+            let have = crdt::holds(doc, &obj, None);
+            let put: Vec<&crdt::Hold> = want.iter().filter(|h| !have.contains(h)).collect();
+            let gone: Vec<uuid::Uuid> = have
+                .iter()
+                .filter(|h| !want.iter().any(|w| w.reservation_id == h.reservation_id))
+                .map(|h| h.reservation_id)
+                .collect();
+            if put.is_empty() && gone.is_empty() {
+                return Ok((Extra::default(), false));
+            }
+            let mut tx = doc.transaction();
+            for h in put {
+                crdt::put_hold(&mut tx, &obj, h).map_err(|e| DocError::Corrupt(e.to_string()))?;
+            }
+            for id in gone {
+                crdt::remove_hold(&mut tx, &obj, id).map_err(|e| DocError::Corrupt(e.to_string()))?;
+            }
+            tx.commit_with(CommitOptions::default().with_time(now).with_message("head-office holds".to_owned()));
+            Ok((Extra::default(), true))
+        })?;
+        out.pop().map(|(wrote, _)| wrote).ok_or_else(|| DocError::Corrupt("no write result".into()))
+    }
+
     /// Whether a store's epoch is due for compaction: too many changes, or it has grown by more than
     /// `compact_after_bytes` since its first document (so a catalogue whose snapshot alone is big does not compact
     /// after every change).

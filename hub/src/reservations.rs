@@ -14,7 +14,24 @@
 //!   `storage/reservations.rs`), so several hub instances never promise the same unit twice.
 //! - Every state change writes its canonical event into the outbox in the same transaction, so ERP and CRM hear of
 //!   each exactly once (deduplicating deliveries by `event_id`).
+//! - **Tills learn of reservations through the store document**: each active reservation is a hold
+//!   (`escrow/hold\u{1f}<id>`, JSON) that only the hub writes. So the list a till shows is in its local CRDT cache
+//!   and works offline, arrives over the channel and credential a till already uses for its own store only, and is
+//!   bounded: a hold is removed when its reservation ends, and compaction carries only the live ones.
+//! - **The planner** ([`run`]), a background task hearing the shutdown token, every second and after every upload:
+//!   1. applies what tills journaled (picked, cancelled, a sale collecting it) exactly once, by a cursor over the
+//!      stored events moved in the same transaction ([`ReservationStore::consume_till_events`]);
+//!   2. expires reservations not collected by `pickup_by` (releasing their units);
+//!   3. re-plans a store that sold held stock: when a store's on-hand (the hub's copy of its document) no longer
+//!      covers its active reservations of a SKU, the newest `reserved` ones (never a `picked` one: those goods are
+//!      set aside) are rerouted to the next store of their list that can hold them, or cancelled with a reason;
+//!   4. brings the holds in the documents of the stores it touched (and, every minute, of every store with active
+//!      reservations) up to the reservations. A hold write that fails is retried on the next pass.
+//!
+//!   Every state change it makes is one storage transaction, so several hub instances running it at once at
+//!   worst find a change already made.
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use axum::Json;
@@ -42,8 +59,12 @@ pub const MAX_STORES: usize = 50;
 ///
 /// The SQLite backend only, for now: escrow and reservations live in `<data-dir>/hub.db` beside everything else
 /// (a second handle on the same file; every write is `BEGIN IMMEDIATE`, so the two handles serialise in SQLite).
-/// A hub configured for PostgreSQL must pass its own store here once `postgres_reservations.rs` exists.
+/// A hub configured for PostgreSQL has none (`None`: the endpoints answer 503 `reservations_unavailable`) until
+/// `postgres_reservations.rs` exists: a `hub.db` per instance would split the escrow invariant between instances.
 pub fn open_store(config: &crate::Config) -> anyhow::Result<Option<Arc<dyn ReservationStore>>> {
+    if config.database.is_some() {
+        return Ok(None);
+    }
     Ok(Some(Arc::new(crate::open_storage(&config.data_dir)?)))
 }
 
@@ -268,6 +289,7 @@ async fn admin_post_reservation(
     let (status, made) = match store_call(&state, move |s| s.reserve(&r, now)).await? {
         Reserved::Created(made) => {
             state.outbox_wake().notify_waiters();
+            sync_holds_logged(&state, vec![made.store.clone()]).await;
             (StatusCode::CREATED, made)
         }
         Reserved::Existing(made) => (StatusCode::OK, made),
@@ -347,12 +369,249 @@ async fn admin_cancel_reservation(
     let change = Change::Cancelled { reason: req.reason };
     let r = store_call(&state, move |s| s.change(id, &change, now)).await?;
     state.outbox_wake().notify_waiters();
+    sync_holds_logged(&state, vec![r.store.clone()]).await;
     Ok(Json(r))
+}
+
+/// What a store's document should hold for `r`.
+fn hold_of(r: &Reservation) -> crdt::Hold {
+    crdt::Hold {
+        reservation_id: r.reservation_id,
+        order_id: r.order_id.clone(),
+        lines: r.lines.iter().map(|(sku, qty)| ReservedLine { sku: sku.clone(), qty: *qty }).collect(),
+        pickup_by: r.pickup_by.clone(),
+        status: r.status,
+    }
+}
+
+/// Makes the holds of each of `stores`' documents match its active reservations; answers the stores that failed.
+pub async fn sync_holds(state: &AppState, stores: Vec<String>) -> Vec<String> {
+    let mut failed = Vec::new();
+    for store in stores {
+        let s = store.clone();
+        let active = match store_call(state, move |r| Ok(r.active(Some(&s))?)).await {
+            Ok(a) => a,
+            Err(_) => {
+                failed.push(store);
+                continue;
+            }
+        };
+        let want: Vec<crdt::Hold> = active.iter().map(hold_of).collect();
+        let (s, now) = (store.clone(), state.now());
+        match state.docs(move |d| d.set_holds(&s, &want, now)).await {
+            Ok(_) => {}
+            Err(e) if e.code() == "unknown_store" => {} // no till yet: nothing to carry it to
+            Err(_) => failed.push(store),
+        }
+    }
+    failed
+}
+
+async fn sync_holds_logged(state: &AppState, stores: Vec<String>) {
+    for store in sync_holds(state, stores).await {
+        tracing::warn!(store_id = %store, "the store document's holds were not updated; the planner retries");
+    }
+}
+
+/// The planner's settings.
+#[derive(Debug, Clone, Copy)]
+pub struct PlannerSettings {
+    /// Time between passes when no upload wakes it.
+    pub interval: std::time::Duration,
+    /// Bring every store with active reservations up to date every this many passes.
+    pub full_every: u32,
+    /// Till events applied per transaction.
+    pub batch: usize,
+}
+
+impl Default for PlannerSettings {
+    fn default() -> Self {
+        PlannerSettings { interval: std::time::Duration::from_secs(1), full_every: 60, batch: 500 }
+    }
+}
+
+/// What one planner pass changed.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Pass {
+    pub applied: usize,
+    pub expired: usize,
+    pub rerouted: usize,
+    pub cancelled: usize,
+}
+
+/// The reservations to move off a store so that, for every SKU, its on-hand covers what stays: the newest
+/// `reserved` ones first, never a `picked` one. `active` is oldest first; `on_hand(sku)` is the store's stock as
+/// the hub sees it.
+pub fn short_reservations(active: &[Reservation], on_hand: impl Fn(&str) -> i64) -> Vec<Uuid> {
+    let mut held: BTreeMap<&str, i64> = BTreeMap::new();
+    for r in active {
+        for (sku, q) in &r.lines {
+            *held.entry(sku.as_str()).or_insert(0) += q;
+        }
+    }
+    let mut out: Vec<Uuid> = Vec::new();
+    for (sku, total) in held {
+        let mut short = total - on_hand(sku);
+        for r in active.iter().rev() {
+            if short <= 0 {
+                break;
+            }
+            let Some(q) = r.lines.get(sku) else { continue };
+            if r.status != storesync_shared::reservation::ReservationStatus::Reserved {
+                continue;
+            }
+            if !out.contains(&r.reservation_id) {
+                out.push(r.reservation_id);
+            }
+            short -= q;
+        }
+    }
+    out
+}
+
+/// One planner pass (see the module note). `touched` collects the stores whose holds must be brought up to date.
+pub async fn plan_once(
+    state: &AppState,
+    settings: &PlannerSettings,
+    touched: &mut BTreeSet<String>,
+) -> Result<Pass, ApiError> {
+    let mut pass = Pass::default();
+    let now = state.now();
+    loop {
+        let batch = settings.batch.max(1);
+        let got = store_call(state, move |r| Ok(r.consume_till_events(batch, now)?)).await?;
+        pass.applied += got.changed.len();
+        touched.extend(got.changed.iter().map(|r| r.store.clone()));
+        if got.read < batch {
+            break;
+        }
+    }
+    let active = store_call(state, |r| Ok(r.active(None)?)).await?;
+    let now_key = crdt::normalize_instant(crate::api::now_instant(now)?);
+    let mut by_store: BTreeMap<String, Vec<Reservation>> = BTreeMap::new();
+    for r in active {
+        if r.pickup_by.as_str() < now_key.as_str() {
+            let id = r.reservation_id;
+            if store_call(state, move |s| s.change(id, &Change::Expired, now)).await.is_ok() {
+                pass.expired += 1;
+                touched.insert(r.store.clone());
+            }
+            continue;
+        }
+        by_store.entry(r.store.clone()).or_default().push(r);
+    }
+    for (store, active) in by_store {
+        let skus: Vec<String> = active.iter().flat_map(|r| r.lines.keys().cloned()).collect();
+        let s = store.clone();
+        let stock = state
+            .docs(move |d| {
+                d.read(&s, |doc, _| {
+                    let st = crdt::root_map(doc, crdt::STOCK);
+                    skus.iter()
+                        .map(|k| (k.clone(), st.as_ref().map_or(0, |st| crdt::on_hand(doc, st, k, None))))
+                        .collect::<BTreeMap<String, i64>>()
+                })
+            })
+            .await;
+        let stock = match stock {
+            Ok(s) => s,
+            Err(e) if e.code() == "unknown_store" => BTreeMap::new(),
+            Err(e) => return Err(e),
+        };
+        for id in short_reservations(&active, |sku| stock.get(sku).copied().unwrap_or(0)) {
+            let reason = format!("{store} sold units held for this order");
+            let r = store_call(state, move |s| s.change(id, &Change::Reroute { reason }, now)).await?;
+            touched.insert(store.clone());
+            touched.insert(r.store.clone());
+            if r.status == storesync_shared::reservation::ReservationStatus::Cancelled {
+                pass.cancelled += 1;
+            } else {
+                pass.rerouted += 1;
+            }
+        }
+    }
+    if pass != Pass::default() {
+        state.outbox_wake().notify_waiters();
+        info!(
+            applied = pass.applied,
+            expired = pass.expired,
+            rerouted = pass.rerouted,
+            cancelled = pass.cancelled,
+            "reservations re-planned"
+        );
+    }
+    Ok(pass)
+}
+
+/// The planner: runs [`plan_once`] every `interval` and after every upload, until `shutdown`.
+pub async fn run(state: AppState, settings: PlannerSettings, shutdown: tokio_util::sync::CancellationToken) {
+    if state.reservation_store().is_none() {
+        return;
+    }
+    let mut touched: BTreeSet<String> = BTreeSet::new();
+    let mut passes: u32 = 0;
+    loop {
+        if let Err(e) = plan_once(&state, &settings, &mut touched).await {
+            tracing::warn!(error = e.code(), "reservation planner pass failed; retrying");
+        }
+        passes = passes.wrapping_add(1);
+        if passes.is_multiple_of(settings.full_every.max(1))
+            && let Ok(all) = store_call(&state, |r| Ok(r.active(None)?)).await
+        {
+            touched.extend(all.into_iter().map(|r| r.store));
+        }
+        let stores: Vec<String> = std::mem::take(&mut touched).into_iter().collect();
+        touched.extend(sync_holds(&state, stores).await);
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            () = state.outbox_wake().notified() => {}
+            () = tokio::time::sleep(settings.interval) => {}
+        }
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn reservation(
+        n: u128,
+        status: storesync_shared::reservation::ReservationStatus,
+        lines: &[(&str, i64)],
+    ) -> Reservation {
+        Reservation {
+            reservation_id: Uuid::from_u128(n),
+            order_id: format!("W-{n}"),
+            store: "S1".into(),
+            status,
+            lines: lines.iter().map(|(s, q)| ((*s).to_owned(), *q)).collect(),
+            stores: vec!["S1".into()],
+            pickup_by: "2027-01-01T00:00:00Z".into(),
+            created_at: 0,
+            updated_at: 0,
+            history: vec![],
+        }
+    }
+
+    #[test]
+    fn the_newest_reserved_orders_move_first_and_picked_ones_never() {
+        use storesync_shared::reservation::ReservationStatus::{Picked, Reserved};
+        let active = [
+            reservation(1, Reserved, &[("A", 2)]),
+            reservation(2, Picked, &[("A", 1), ("B", 1)]),
+            reservation(3, Reserved, &[("A", 1)]),
+            reservation(4, Reserved, &[("B", 2)]),
+        ];
+        let check = |a: i64, b: i64, want: &[u128]| {
+            let got = short_reservations(&active, |sku| if sku == "A" { a } else { b });
+            assert_eq!(got, want.iter().map(|n| Uuid::from_u128(*n)).collect::<Vec<_>>(), "A {a}, B {b}");
+        };
+        check(4, 3, &[]);
+        check(3, 3, &[3]);
+        check(2, 3, &[3, 1]);
+        check(0, 0, &[3, 1, 4]);
+        check(4, 2, &[4]);
+    }
 
     #[test]
     fn a_policy_holds_back_a_share_within_floor_and_cap() {
@@ -362,3 +621,7 @@ mod tests {
         }
     }
 }
+
+#[cfg(test)]
+#[path = "reservations_sim.rs"]
+mod simulation;

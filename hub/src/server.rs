@@ -41,6 +41,8 @@ pub struct Server {
     grace: Duration,
     /// The delivery workers' share of the state ([`crate::outbox`]).
     delivery: crate::outbox::Delivery,
+    /// The reservation planner's share of the state ([`crate::reservations::run`]).
+    state: AppState,
 }
 
 impl std::fmt::Debug for Server {
@@ -63,7 +65,15 @@ pub async fn bind(config: Config) -> anyhow::Result<Server> {
     let listener = TcpListener::bind(config.listen).await.with_context(|| format!("binding {}", config.listen))?;
     let local_addr = listener.local_addr().context("reading the bound address")?;
     let delivery = state.delivery(config.delivery);
-    Ok(Server { listener, local_addr, tls, app: crate::api::router(state), grace: config.shutdown_grace, delivery })
+    Ok(Server {
+        listener,
+        local_addr,
+        tls,
+        app: crate::api::router(state.clone()),
+        grace: config.shutdown_grace,
+        delivery,
+        state,
+    })
 }
 
 fn load_tls(files: &TlsFiles) -> anyhow::Result<TlsAcceptor> {
@@ -104,6 +114,11 @@ impl Server {
         let tracker = TaskTracker::new();
         info!(addr = %self.local_addr, tls = self.tls.is_some(), "hub listening");
         let delivery = tokio::spawn(crate::outbox::run(self.delivery.clone(), shutdown.clone()));
+        let planner = tokio::spawn(crate::reservations::run(
+            self.state.clone(),
+            crate::reservations::PlannerSettings::default(),
+            shutdown.clone(),
+        ));
         loop {
             let (stream, peer) = tokio::select! {
                 () = shutdown.cancelled() => break,
@@ -144,6 +159,9 @@ impl Server {
         }
         if tokio::time::timeout(self.grace, delivery).await.is_err() {
             warn!("shutdown grace period over, delivery workers still running");
+        }
+        if tokio::time::timeout(self.grace, planner).await.is_err() {
+            warn!("shutdown grace period over, the reservation planner still running");
         }
         info!("hub stopped");
         Ok(())

@@ -578,7 +578,7 @@ mod tests {
         let mut tx = hub.transaction();
         remove_hold(&mut tx, &escrow, uuid::Uuid::from_u128(8)).unwrap();
         tx.commit();
-        assert_eq!(holds(&hub, &escrow, None), [hold.clone()]);
+        assert_eq!(holds(&hub, &escrow, None), std::slice::from_ref(&hold));
         assert_eq!(all_escrow(&hub, &escrow).len(), 1, "holds are not escrow registers");
         carry_escrow(&mut fresh, &all_escrow(&hub, &escrow), &holds(&hub, &escrow, None), 0).unwrap();
         let obj = root_map(&fresh, ESCROW).unwrap();

@@ -102,6 +102,10 @@ pub struct Receipt {
     pub event_id: Uuid,
     pub seq: u64,
     pub hash: String,
+    /// What the POS should tell the cashier; absent when nothing. `held_for_online`: this sale sold units the
+    /// store holds back for online orders (it is journaled all the same).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<String>,
 }
 
 /// The most events one upload batch may carry.

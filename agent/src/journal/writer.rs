@@ -486,7 +486,7 @@ fn append_one(
             .optional()?;
         if let Some((seq, k, b, hash)) = existing {
             let res = if k == kind.as_str() && b == canonical {
-                Ok(AppendOutcome::Existing(Receipt { event_id: id, seq, hash }))
+                Ok(AppendOutcome::Existing(Receipt { event_id: id, seq, hash, warnings: Vec::new() }))
             } else {
                 Err(AppendError::Conflict {
                     code: "event_id_conflict",
@@ -534,7 +534,7 @@ fn append_one(
     }
     *last_seq = seq;
     *last_hash = hash.clone();
-    Ok((Ok(AppendOutcome::Created(Receipt { event_id, seq, hash })), effect))
+    Ok((Ok(AppendOutcome::Created(Receipt { event_id, seq, hash, warnings: Vec::new() })), effect))
 }
 
 /// The stock effect of voiding `target`, or why it cannot be voided.

@@ -138,6 +138,22 @@ pub trait ReservationStore: Send + Sync + 'static {
 
     /// The active reservations, of one store or of all, oldest first.
     fn active(&self, store: Option<&str>) -> Result<Vec<Reservation>, StorageError>;
+
+    /// Applies what tills journaled about reservations — `reservation_pick` (picked), `reservation_cancel`
+    /// (cancelled with the till's reason) and a sale carrying `reservation_id` (collected) — from the stored events
+    /// after the consumer's cursor, at most `limit` of them, and moves the cursor past them, in one transaction (so
+    /// each is applied exactly once, whichever hub instance runs it). An action on an unknown or finished
+    /// reservation changes nothing. Answers the reservations that changed.
+    fn consume_till_events(&self, limit: usize, now: i64) -> Result<Consumed, StorageError>;
+}
+
+/// What [`ReservationStore::consume_till_events`] did.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Consumed {
+    /// Reservations changed, after the change.
+    pub changed: Vec<Reservation>,
+    /// Till events read (a full `limit` means more may wait).
+    pub read: usize,
 }
 
 /// The change a [`Change`] records when it applies as asked (a reroute may become a cancel).
@@ -212,6 +228,107 @@ pub(crate) mod conformance {
         changes_follow_the_state_machine_and_release_escrow(&fresh());
         reroute_moves_or_cancels(&fresh());
         every_change_enters_the_outbox_once_in_a_chain(&fresh());
+        till_events_are_applied_once(&fresh());
+    }
+
+    /// A till's journal entry of `kind` with `body`, uploaded as seq `seq` (chained after `prev`).
+    pub(crate) fn till_entry(
+        till: &crate::storage::TillId,
+        seq: u64,
+        prev: &str,
+        body: storesync_shared::EventBody,
+    ) -> storesync_shared::wire::JournalEvent {
+        let bytes = body.canonical();
+        let event_id = Uuid::new_v4();
+        let hash = storesync_shared::event_hash(&storesync_shared::canonical::ChainInput {
+            store: &till.store,
+            till: &till.till,
+            seq,
+            event_id,
+            kind: body.kind(),
+            body: &bytes,
+            prev_hash: prev,
+        });
+        storesync_shared::wire::JournalEvent {
+            seq,
+            event_id,
+            kind: body.kind(),
+            occurred_at: body.occurred_at().to_owned(),
+            body: serde_json::from_slice(&bytes).unwrap(),
+            prev_hash: prev.to_owned(),
+            hash,
+        }
+    }
+
+    fn till_events_are_applied_once<S: Storage + ReservationStore>(s: &S) {
+        use storesync_shared::event::{EventBody, Line, SaleBody, Tender, TillReservationBody};
+        let till = crate::storage::TillId { store: "S1".into(), till: "T1".into() };
+        s.create_enrollment(&crate::storage::NewEnrollment {
+            code_hash: "c".into(),
+            till: till.clone(),
+            created_at: NOW,
+            expires_at: NOW + 60,
+        })
+        .unwrap();
+        s.escrow_set("S1", "A", 5, NOW).unwrap();
+        let a = created(s.reserve(&order("W-1", &[("A", 2)], &["S1"]), NOW));
+        let b = created(s.reserve(&order("W-2", &[("A", 1)], &["S1"]), NOW));
+        let c = created(s.reserve(&order("W-3", &[("A", 1)], &["S1"]), NOW));
+        let at = "2026-11-27T10:00:00Z".to_owned();
+        let act = |id: Uuid, reason: Option<&str>| TillReservationBody {
+            schema: 1,
+            occurred_at: at.clone(),
+            reservation_id: id,
+            reason: reason.map(str::to_owned),
+        };
+        let sale = |id: Option<Uuid>| {
+            EventBody::Sale(SaleBody {
+                schema: 1,
+                occurred_at: at.clone(),
+                currency: "EUR".into(),
+                lines: vec![Line { sku: "A".into(), qty: 2, unit_price_minor: 100, discount_minor: 0 }],
+                payments: vec![Tender { method: "card".into(), amount_minor: 200 }],
+                customer_id: None,
+                reservation_id: id,
+            })
+        };
+        let bodies = vec![
+            EventBody::ReservationPick(act(a.reservation_id, None)),
+            sale(None),
+            sale(Some(a.reservation_id)),
+            EventBody::ReservationCancel(act(b.reservation_id, Some("customer never came"))),
+            EventBody::ReservationPick(act(Uuid::new_v4(), None)),
+            EventBody::ReservationCancel(act(a.reservation_id, Some("too late: collected"))),
+        ];
+        let mut prev = storesync_shared::genesis_hash("S1", "T1");
+        let mut events = Vec::new();
+        for (i, body) in bodies.into_iter().enumerate() {
+            let e = till_entry(&till, i as u64 + 1, &prev, body);
+            prev = e.hash.clone();
+            events.push(e);
+        }
+        let req = storesync_shared::wire::UploadRequest {
+            journal_id: Uuid::new_v4(),
+            agent_version: "test".into(),
+            backlog: 0,
+            oldest_unsynced_age_s: 0,
+            last_seq: events.len() as u64,
+            events,
+        };
+        s.append_batch(&till, &req, NOW).unwrap();
+        // Two at a time: the cursor carries over.
+        let first = s.consume_till_events(2, NOW).unwrap();
+        assert_eq!(first.read, 2);
+        let rest = s.consume_till_events(100, NOW).unwrap();
+        assert_eq!(rest.read, 3, "the sale without a reservation is not a till action");
+        assert_eq!(s.consume_till_events(100, NOW).unwrap(), Consumed::default(), "nothing twice");
+        assert_eq!(s.reservation(a.reservation_id).unwrap().unwrap().status, ReservationStatus::Collected);
+        let cancelled = s.reservation(b.reservation_id).unwrap().unwrap();
+        assert_eq!(cancelled.status, ReservationStatus::Cancelled);
+        assert_eq!(cancelled.history.last().unwrap().reason.as_deref(), Some("customer never came"));
+        assert_eq!(s.reservation(c.reservation_id).unwrap().unwrap().status, ReservationStatus::Reserved);
+        let kinds: Vec<String> = outbox(s).into_iter().map(|(k, _, _)| k).skip(3).collect();
+        assert_eq!(kinds, ["reservation_picked", "reservation_collected", "reservation_cancelled"]);
     }
 
     fn reserves_at_the_first_store_that_covers_every_line<S: Storage + ReservationStore>(s: &S) {

@@ -14,8 +14,8 @@ use uuid::Uuid;
 use super::{SqliteStorage, lock, to_i64, to_u64};
 use crate::storage::StorageError;
 use crate::storage::reservations::{
-    Change, EscrowLevel, HUB_TILL, HistoryEntry, NewReservation, Reservation, ReservationError, ReservationStore,
-    Reserved, change_kind,
+    Change, Consumed, EscrowLevel, HUB_TILL, HistoryEntry, NewReservation, Reservation, ReservationError,
+    ReservationStore, Reserved, change_kind,
 };
 
 /// The tables, created by `SqliteStorage::open`.
@@ -43,6 +43,10 @@ CREATE TABLE IF NOT EXISTS reservation_lines (
     sku TEXT NOT NULL,
     qty INTEGER NOT NULL,
     PRIMARY KEY (reservation, sku)
+);
+CREATE TABLE IF NOT EXISTS reservation_cursor (
+    id INTEGER PRIMARY KEY CHECK (id = 1),
+    hub_pos INTEGER NOT NULL
 );
 CREATE TABLE IF NOT EXISTS reservation_history (
     reservation TEXT NOT NULL,
@@ -319,50 +323,7 @@ impl ReservationStore for SqliteStorage {
     fn change(&self, id: Uuid, change: &Change, now: i64) -> Result<Reservation, ReservationError> {
         let mut conn = lock(&self.writer);
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-        let key = id.to_string();
-        let Some(mut r) = read(&tx, &key)? else { return Err(ReservationError::NotFound) };
-        let asked = change_kind(change);
-        if asked != ReservationChange::Rerouted && asked.status_after() == r.status {
-            return Ok(r); // done already: nothing written
-        }
-        if !r.status.allows(asked) {
-            return Err(ReservationError::Finished { status: r.status, change: asked });
-        }
-        match change {
-            Change::Reroute { reason } => {
-                let from = r.store.clone();
-                let pos = r.stores.iter().position(|s| *s == from).map_or(r.stores.len(), |p| p + 1);
-                let mut to = None;
-                for store in &r.stores[pos.min(r.stores.len())..] {
-                    if covers(&tx, store, &r.lines, Some(&key))? {
-                        to = Some(store.clone());
-                        break;
-                    }
-                }
-                match to {
-                    Some(store) => {
-                        set_status(&tx, &key, &store, ReservationStatus::Reserved, now)?;
-                        r.store = store;
-                        record(&tx, &r, ReservationChange::Rerouted, Some(&from), Some(reason), now)?;
-                    }
-                    None => {
-                        set_status(&tx, &key, &from, ReservationStatus::Cancelled, now)?;
-                        let why = format!("{reason}; no other store of the order can fill it");
-                        record(&tx, &r, ReservationChange::Cancelled, None, Some(&why), now)?;
-                    }
-                }
-            }
-            other => {
-                let reason = match other {
-                    Change::Cancelled { reason } => Some(reason.clone()),
-                    Change::Expired => Some(format!("not collected by {}", r.pickup_by)),
-                    _ => None,
-                };
-                set_status(&tx, &key, &r.store, asked.status_after(), now)?;
-                record(&tx, &r, asked, None, reason.as_deref(), now)?;
-            }
-        }
-        let after = read(&tx, &key)?.ok_or(ReservationError::NotFound)?;
+        let after = apply(&tx, id, change, now)?;
         tx.commit()?;
         Ok(after)
     }
@@ -385,6 +346,109 @@ impl ReservationStore for SqliteStorage {
             Ok(out)
         })
     }
+
+    fn consume_till_events(&self, limit: usize, now: i64) -> Result<Consumed, StorageError> {
+        let mut conn = lock(&self.writer);
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let cursor: i64 = tx
+            .query_row("SELECT hub_pos FROM reservation_cursor WHERE id = 1", [], |r| r.get(0))
+            .optional()?
+            .unwrap_or(0);
+        let head: i64 = tx.query_row("SELECT COALESCE(MAX(hub_pos), 0) FROM events", [], |r| r.get(0))?;
+        let rows: Vec<(i64, String, String)> = tx
+            .prepare_cached(
+                "SELECT hub_pos, kind, body FROM events WHERE hub_pos > ?1 AND till <> ?2
+                   AND (kind IN ('reservation_pick', 'reservation_cancel')
+                        OR (kind = 'sale' AND body LIKE '%\"reservation_id\"%'))
+                 ORDER BY hub_pos LIMIT ?3",
+            )?
+            .query_map(params![cursor, HUB_TILL, i64::try_from(limit).unwrap_or(i64::MAX)], |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+            })?
+            .collect::<Result<_, _>>()?;
+        let mut out = Consumed { changed: Vec::new(), read: rows.len() };
+        for (_, kind, body) in &rows {
+            let Some((id, change)) = till_action(kind, body) else { continue };
+            match apply(&tx, id, &change, now) {
+                Ok(r) => out.changed.push(r),
+                Err(ReservationError::Storage(e)) => return Err(e),
+                // Unknown, finished, or a change its status does not allow: the till's record stands, nothing moves.
+                Err(_) => {}
+            }
+        }
+        // Everything up to the newest stored event was looked at, unless the page was full.
+        let moved_to = if rows.len() >= limit { rows.last().map_or(cursor, |r| r.0) } else { head.max(cursor) };
+        tx.execute(
+            "INSERT INTO reservation_cursor (id, hub_pos) VALUES (1, ?1) ON CONFLICT (id) DO UPDATE SET hub_pos = ?1",
+            params![moved_to],
+        )?;
+        tx.commit()?;
+        Ok(out)
+    }
+}
+
+/// What a stored till event asks of a reservation, if anything.
+fn till_action(kind: &str, body: &str) -> Option<(Uuid, Change)> {
+    use storesync_shared::EventBody;
+    let kind = EventKind::parse(kind)?;
+    match EventBody::from_stored(kind, serde_json::from_str(body).ok()?).ok()? {
+        EventBody::ReservationPick(b) => Some((b.reservation_id, Change::Picked)),
+        EventBody::ReservationCancel(b) => Some((
+            b.reservation_id,
+            Change::Cancelled { reason: b.reason.unwrap_or_else(|| "cancelled at the till".into()) },
+        )),
+        EventBody::Sale(b) => b.reservation_id.map(|id| (id, Change::Collected)),
+        _ => None,
+    }
+}
+
+/// Applies one change inside the caller's transaction.
+fn apply(tx: &Connection, id: Uuid, change: &Change, now: i64) -> Result<Reservation, ReservationError> {
+    let key = id.to_string();
+    let Some(mut r) = read(tx, &key)? else { return Err(ReservationError::NotFound) };
+    let asked = change_kind(change);
+    if asked != ReservationChange::Rerouted && asked.status_after() == r.status {
+        return Ok(r); // done already: nothing written
+    }
+    if !r.status.allows(asked) {
+        return Err(ReservationError::Finished { status: r.status, change: asked });
+    }
+    match change {
+        Change::Reroute { reason } => {
+            let from = r.store.clone();
+            let pos = r.stores.iter().position(|s| *s == from).map_or(r.stores.len(), |p| p + 1);
+            let mut to = None;
+            for store in &r.stores[pos.min(r.stores.len())..] {
+                if covers(tx, store, &r.lines, Some(&key))? {
+                    to = Some(store.clone());
+                    break;
+                }
+            }
+            match to {
+                Some(store) => {
+                    set_status(tx, &key, &store, ReservationStatus::Reserved, now)?;
+                    r.store = store;
+                    record(tx, &r, ReservationChange::Rerouted, Some(&from), Some(reason), now)?;
+                }
+                None => {
+                    set_status(tx, &key, &from, ReservationStatus::Cancelled, now)?;
+                    let why = format!("{reason}; no other store of the order can fill it");
+                    record(tx, &r, ReservationChange::Cancelled, None, Some(&why), now)?;
+                }
+            }
+        }
+        other => {
+            let reason = match other {
+                Change::Cancelled { reason } => Some(reason.clone()),
+                Change::Expired => Some(format!("not collected by {}", r.pickup_by)),
+                _ => None,
+            };
+            set_status(tx, &key, &r.store, asked.status_after(), now)?;
+            record(tx, &r, asked, None, reason.as_deref(), now)?;
+        }
+    }
+    let after = read(tx, &key)?.ok_or(ReservationError::NotFound)?;
+    Ok(after)
 }
 
 #[cfg(test)]

@@ -4,6 +4,7 @@
 
 mod agent_crash;
 mod agent_journal;
+mod bopis;
 mod browser;
 mod converge;
 mod dashboard;
