@@ -9,7 +9,11 @@
 //!
 //! # Failure handling
 //! - Network errors, timeouts and 5xx: `hub = unreachable`, retry with capped exponential backoff and full jitter.
-//! - 429/503 with `Retry-After`: wait that long plus jitter.
+//! - 429/503 with `Retry-After` (the hub is overloaded, a till is over its rate, storage is busy): wait that long
+//!   plus full jitter over at least as long again, the spread doubling with each slow-down in a row, capped at
+//!   `max_backoff` ([`slow_down_delay`]), so a fleet told the same `Retry-After` comes back spread out. It is not a
+//!   failure: the hub stays `reachable`, `last_error` is untouched, and it counts in
+//!   `storesync_agent_sync_slow_downs_total`, not in `storesync_agent_sync_failures_total`.
 //! - `seq_gap`: resend from the hub's `expected_seq` at once.
 //! - Refusals that resending cannot fix (`chain_broken`, `sequence_regression`, `journal_mismatch`, a revoked
 //!   credential): shown in the status as `last_error`, logged at `warn` on every attempt, retried with backoff so
@@ -66,28 +70,46 @@ impl Default for SyncConfig {
 /// The most message exchanges in one document sync session.
 const MAX_DOC_ROUNDS: usize = 32;
 
-/// Capped exponential backoff with full jitter.
-struct Backoff {
+/// Capped exponential backoff with full jitter (also used by the load generator, tests/src/loadgen).
+#[derive(Debug, Clone)]
+pub struct Backoff {
     next: Duration,
     min: Duration,
     max: Duration,
 }
 
 impl Backoff {
-    fn new(min: Duration, max: Duration) -> Backoff {
+    pub fn new(min: Duration, max: Duration) -> Backoff {
         Backoff { next: min, min, max }
     }
 
-    fn reset(&mut self) {
+    pub fn reset(&mut self) {
         self.next = self.min;
     }
 
-    fn delay(&mut self) -> Duration {
-        let cap = self.next;
-        self.next = (self.next * 2).min(self.max);
+    /// A random wait from 0 to the current window, doubling the next window.
+    pub fn delay(&mut self) -> Duration {
+        let cap = self.grow();
         let ms = cap.as_millis().max(1) as u64;
         Duration::from_millis(rand::rng().random_range(0..=ms))
     }
+
+    /// The current window, doubling the next one.
+    pub fn grow(&mut self) -> Duration {
+        let cap = self.next;
+        self.next = (self.next * 2).min(self.max);
+        cap
+    }
+}
+
+/// How long to wait when the hub answered 429 or 503 with `retry_after`: that long (cut to `cap`, should a hub ask
+/// for more), plus full jitter over `max(retry_after, window)`, never past `cap`. `window` is the backoff's growing
+/// window, so a slow-down that repeats spreads the fleet wider each time.
+pub fn slow_down_delay(retry_after: Duration, window: Duration, cap: Duration, rng: &mut impl Rng) -> Duration {
+    let base = retry_after.min(cap);
+    let spread = u64::try_from(base.max(window).as_millis()).unwrap_or(u64::MAX);
+    let jitter = Duration::from_millis(rng.random_range(0..=spread));
+    base.saturating_add(jitter).min(cap).max(base)
 }
 
 /// What one upload round achieved.
@@ -110,7 +132,8 @@ enum Failure {
     Refused(String),
 }
 
-fn retry_after(resp: &reqwest::Response) -> Duration {
+/// A response's `Retry-After` in whole seconds (absent or unreadable: 1 s).
+pub fn retry_after(resp: &reqwest::Response) -> Duration {
     resp.headers()
         .get(reqwest::header::RETRY_AFTER)
         .and_then(|v| v.to_str().ok())
@@ -440,7 +463,7 @@ async fn read_journal<R: Send + 'static>(
 }
 
 /// An error and all its sources, `: `-separated (reqwest's own Display hides the cause).
-fn error_chain(e: &dyn std::error::Error) -> String {
+pub fn error_chain(e: &dyn std::error::Error) -> String {
     let mut out = e.to_string();
     let mut src = e.source();
     while let Some(s) = src {
@@ -562,14 +585,14 @@ pub async fn run(state: Arc<AgentState>, cfg: SyncConfig, shutdown: Cancellation
                 Some(d)
             }
             Err(Failure::SlowDown(after, e)) => {
-                metrics::counter!("storesync_agent_sync_failures_total", "kind" => "slow_down").increment(1);
-                let jitter = Duration::from_millis(rand::rng().random_range(0..=500));
-                tracing::info!(error = %e, retry_in_ms = (after + jitter).as_millis() as u64, "hub asked to slow down");
-                set_status(&state, |s| {
-                    s.set_hub(HubReach::Reachable);
-                    s.last_error = Some(e);
-                });
-                Some(after + jitter)
+                // Not a failure: the hub answered and asked for a pause; the status stays as it was (reachable,
+                // and no error a member of staff would be told to report).
+                metrics::counter!("storesync_agent_sync_slow_downs_total").increment(1);
+                let d = slow_down_delay(after, backoff.grow(), cfg.max_backoff, &mut rand::rng());
+                tracing::info!(error = %e, retry_after_s = after.as_secs(), retry_in_ms = d.as_millis() as u64,
+                               "hub asked to slow down; retrying later");
+                set_status(&state, |s| s.set_hub(HubReach::Reachable));
+                Some(d)
             }
             Err(Failure::Refused(e)) => {
                 metrics::counter!("storesync_agent_sync_failures_total", "kind" => "refused").increment(1);
@@ -606,4 +629,42 @@ pub async fn run(state: Arc<AgentState>, cfg: SyncConfig, shutdown: Cancellation
         }
     }
     tracing::debug!("sync task stopped");
+}
+
+#[cfg(test)]
+mod tests {
+    use rand::SeedableRng as _;
+
+    use super::*;
+
+    #[test]
+    fn a_slow_down_waits_retry_after_plus_jitter_spread_by_the_window_and_never_past_the_cap() {
+        let s = Duration::from_secs;
+        let ms = Duration::from_millis;
+        let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+        // (Retry-After, window, cap) → every delay lies in [lo, hi], and the draws cover that range.
+        for (after, window, cap, lo, hi) in [
+            (s(1), ms(250), s(60), s(1), s(2)), // first slow-down: spread over Retry-After itself
+            (s(1), s(8), s(60), s(1), s(9)),    // the fourth in a row: spread over the window
+            (s(5), s(1), s(60), s(5), s(10)),
+            (s(50), s(50), s(60), s(50), s(60)),    // the cap cuts the jitter
+            (s(600), ms(250), s(60), s(60), s(60)), // a hub asking for more than the cap gets the cap
+            (s(0), ms(0), s(60), s(0), s(0)),
+        ] {
+            let draws: Vec<Duration> = (0..2000).map(|_| slow_down_delay(after, window, cap, &mut rng)).collect();
+            let (min, max) = (*draws.iter().min().unwrap(), *draws.iter().max().unwrap());
+            assert!(min >= lo && max <= hi, "{after:?} {window:?} {cap:?}: {min:?}..{max:?} outside {lo:?}..{hi:?}");
+            let span = hi - lo;
+            assert!(max - min >= span * 9 / 10, "{after:?} {window:?}: jitter covers the range: {min:?}..{max:?}");
+        }
+    }
+
+    #[test]
+    fn the_backoff_window_doubles_to_its_cap_and_resets() {
+        let mut b = Backoff::new(Duration::from_millis(250), Duration::from_secs(1));
+        let windows: Vec<u128> = (0..5).map(|_| b.grow().as_millis()).collect();
+        assert_eq!(windows, [250, 500, 1000, 1000, 1000]);
+        b.reset();
+        assert_eq!(b.grow(), Duration::from_millis(250));
+    }
 }

@@ -70,6 +70,8 @@ struct Inner {
     pub(crate) fleet: crate::fleet::FleetThresholds,
     /// Wakes the delivery workers after an ingest stored events.
     outbox_wake: Arc<tokio::sync::Notify>,
+    /// Bounds the sync requests in flight; sheds the rest with 429 ([`crate::backpressure`]).
+    admission: Arc<crate::backpressure::Admission>,
     /// Escrow and reservations ([`crate::reservations`]); `None` on a backend without them.
     reservations: Option<Arc<dyn crate::storage::reservations::ReservationStore>>,
 }
@@ -118,6 +120,7 @@ impl AppState {
             max_release_bytes: crate::DEFAULT_MAX_RELEASE_BYTES,
             fleet: crate::fleet::FleetThresholds::default(),
             outbox_wake: Arc::new(tokio::sync::Notify::new()),
+            admission: Arc::new(crate::backpressure::Admission::new(crate::backpressure::Settings::default())),
             reservations: None,
         }))
     }
@@ -171,6 +174,18 @@ impl AppState {
         Ok(AppState(Arc::new(inner)))
     }
 
+    /// This state with other sync backpressure bounds. Call it before the state is shared (cloned or routed).
+    ///
+    /// # Errors
+    /// Bounds out of range ([`crate::backpressure::Settings::check`]), or a shared state.
+    pub fn with_backpressure(self, settings: crate::backpressure::Settings) -> anyhow::Result<AppState> {
+        settings.check().map_err(|e| anyhow::anyhow!("backpressure: {e}"))?;
+        let mut inner = Arc::try_unwrap(self.0)
+            .map_err(|_| anyhow::anyhow!("backpressure bounds must be set before the hub state is shared"))?;
+        inner.admission = Arc::new(crate::backpressure::Admission::new(settings));
+        Ok(AppState(Arc::new(inner)))
+    }
+
     /// What the delivery workers need from this state ([`crate::outbox`]).
     pub fn delivery(&self, settings: crate::outbox::DeliverySettings) -> crate::outbox::Delivery {
         crate::outbox::Delivery {
@@ -211,7 +226,8 @@ impl AppState {
             config.till_rate,
         )
         .with_releases(&config.releases)?
-        .with_fleet(config.fleet)
+        .with_fleet(config.fleet)?
+        .with_backpressure(config.backpressure)
     }
 
     pub(crate) fn now(&self) -> i64 {
@@ -257,36 +273,49 @@ impl AppState {
 pub fn router(state: AppState) -> Router {
     // Install the metrics recorder before the first request records anything.
     storesync_shared::metrics::handle();
-    let limits =
-        BodyLimits { sync_message: state.0.docs.limits().max_message_bytes, release: state.0.max_release_bytes };
+    let limits = BodyLimits {
+        sync_message: state.0.docs.limits().max_message_bytes,
+        release: state.0.max_release_bytes,
+        admission: state.0.admission.clone(),
+    };
     let (router, _) = routes(&limits).split_for_parts();
     router
         .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such endpoint") })
         .with_state(state)
 }
 
-/// The request body limits that are settings rather than constants.
-#[derive(Debug, Clone, Copy)]
+/// The request body limits that are settings rather than constants, and the admission that guards the sync routes.
+#[derive(Debug, Clone)]
 pub(crate) struct BodyLimits {
     /// The most bytes of one CRDT sync message.
     pub(crate) sync_message: usize,
     /// The largest agent release upload (multipart framing gets 64 KiB on top).
     pub(crate) release: usize,
+    /// Backpressure on `POST /v1/sync/upload` and `POST /v1/sync/doc` ([`crate::backpressure`]).
+    pub(crate) admission: Arc<crate::backpressure::Admission>,
 }
 
 impl Default for BodyLimits {
     fn default() -> Self {
-        BodyLimits { sync_message: SyncLimits::default().max_message_bytes, release: crate::DEFAULT_MAX_RELEASE_BYTES }
+        BodyLimits {
+            sync_message: SyncLimits::default().max_message_bytes,
+            release: crate::DEFAULT_MAX_RELEASE_BYTES,
+            admission: Arc::new(crate::backpressure::Admission::new(crate::backpressure::Settings::default())),
+        }
     }
 }
 
 /// Every route of the hub with its OpenAPI operation: the one list [`router`] and [`crate::openapi::document`] are
 /// both built from. Register a handler with `.routes(routes!(handler))` (handlers of one path, and only those, may
 /// share a `routes!`), never with a plain `.route()`; see `crate::openapi` for the whole recipe. Body limits are
-/// per group: 16 KiB for everything merged before the `MAX_SMALL_BODY` layer (the fleet's routes included).
+/// per group: 16 KiB for everything merged before the `MAX_SMALL_BODY` layer (the fleet's routes included). The two
+/// sync routes that do storage work are guarded by the admission ([`crate::backpressure`]), nothing else is.
 pub(crate) fn routes(limits: &BodyLimits) -> OpenApiRouter<AppState> {
+    use crate::backpressure::guard;
     let upload = OpenApiRouter::default().routes(routes!(upload)).layer(DefaultBodyLimit::max(MAX_BATCH_BYTES));
+    let upload = guard(upload, &limits.admission, MAX_BATCH_BYTES);
     let sync_doc = OpenApiRouter::default().routes(routes!(sync_doc)).layer(DefaultBodyLimit::max(limits.sync_message));
+    let sync_doc = guard(sync_doc, &limits.admission, limits.sync_message);
     // Release uploads carry whole agent binaries; multipart framing gets 64 KiB on top of the limit.
     let release_upload = OpenApiRouter::default()
         .routes(routes!(admin_upload_release, admin_list_releases))
@@ -343,7 +372,8 @@ async fn healthz() -> Json<Value> {
             body = String, content_type = "text/plain; version=0.0.4"),
         AdminRefusals,
     ))]
-async fn metrics_endpoint(_: AdminAuth) -> impl IntoResponse {
+async fn metrics_endpoint(_: AdminAuth, State(state): State<AppState>) -> impl IntoResponse {
+    state.0.admission.refresh();
     ([(header::CONTENT_TYPE, storesync_shared::metrics::CONTENT_TYPE)], storesync_shared::metrics::render())
 }
 
@@ -371,6 +401,12 @@ impl ApiError {
 
     pub fn new(status: StatusCode, code: &'static str, detail: impl Into<String>) -> ApiError {
         ApiError { status, code, detail: detail.into(), expected_seq: None, seq: None, retry_after: None, epoch: None }
+    }
+
+    /// This error with a `Retry-After` of `secs` seconds.
+    pub(crate) fn with_retry_after(mut self, secs: u64) -> ApiError {
+        self.retry_after = Some(secs);
+        self
     }
 
     fn internal() -> ApiError {

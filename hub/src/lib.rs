@@ -9,6 +9,7 @@
 //! knows HTTP and the wire format's status codes; the hub never trusts a store or till named in a request body, only the one bound to the credential.
 
 pub mod api;
+pub mod backpressure;
 pub mod docs;
 pub mod fleet;
 pub mod openapi;
@@ -149,6 +150,8 @@ pub struct Config {
     pub fleet: fleet::FleetThresholds,
     /// How events are passed on to subscriptions.
     pub delivery: outbox::DeliverySettings,
+    /// Bounds of the sync requests in flight and queued; over them the hub answers 429 ([`backpressure`]).
+    pub backpressure: backpressure::Settings,
 }
 
 impl std::fmt::Debug for Config {
@@ -165,6 +168,7 @@ impl std::fmt::Debug for Config {
             .field("releases", &self.releases)
             .field("fleet", &self.fleet)
             .field("delivery", &self.delivery)
+            .field("backpressure", &self.backpressure)
             .finish_non_exhaustive()
     }
 }
@@ -186,6 +190,7 @@ impl Config {
             releases: ReleaseSettings::default(),
             fleet: fleet::FleetThresholds::default(),
             delivery: outbox::DeliverySettings::default(),
+            backpressure: backpressure::Settings::default(),
         }
     }
 }

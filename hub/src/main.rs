@@ -93,7 +93,8 @@ enum ReleaseCommand {
 #[derive(Debug, clap::Args)]
 struct ServeArgs {
     /// A TOML file with any of: listen, data_dir, tls_cert, tls_key, insecure_allow_plaintext, max_release_bytes,
-    /// release_keys, stale_after_s, offline_after_s, alert_offline_after_s, forecast_window_s.
+    /// release_keys, stale_after_s, offline_after_s, alert_offline_after_s, forecast_window_s, max_inflight_syncs,
+    /// max_queued_syncs, sync_queue_timeout_ms.
     #[arg(long)]
     config: Option<PathBuf>,
     /// Address to listen on [default: 127.0.0.1:8080].
@@ -135,6 +136,15 @@ struct ServeArgs {
     /// Event delivery: the longest wait between two attempts, in seconds [default: 600].
     #[arg(long, env = "STORESYNC_HUB_DELIVERY_BACKOFF_MAX_S", value_parser = clap::value_parser!(u64).range(1..=86_400))]
     delivery_backoff_max_s: Option<u64>,
+    /// Backpressure: sync requests (uploads, document sync) handled at once [default: 32].
+    #[arg(long, env = "STORESYNC_HUB_MAX_INFLIGHT_SYNCS", value_parser = clap::value_parser!(u64).range(1..=100_000))]
+    max_inflight_syncs: Option<u64>,
+    /// Backpressure: sync requests waiting beyond those; more are answered 429 at once [default: 256].
+    #[arg(long, env = "STORESYNC_HUB_MAX_QUEUED_SYNCS", value_parser = clap::value_parser!(u64).range(0..=900_000))]
+    max_queued_syncs: Option<u64>,
+    /// Backpressure: the longest wait of a queued sync request before it is answered 429, in ms [default: 5000].
+    #[arg(long, env = "STORESYNC_HUB_SYNC_QUEUE_TIMEOUT_MS", value_parser = clap::value_parser!(u64).range(0..=600_000))]
+    sync_queue_timeout_ms: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -155,6 +165,9 @@ struct FileConfig {
     alert_offline_after_s: Option<u64>,
     forecast_window_s: Option<u64>,
     delivery_backoff_max_s: Option<u64>,
+    max_inflight_syncs: Option<u64>,
+    max_queued_syncs: Option<u64>,
+    sync_queue_timeout_ms: Option<u64>,
 }
 
 const DEFAULT_DATA_DIR: &str = "storesync-hub-data";
@@ -307,6 +320,17 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         }
         config.delivery.backoff_max = std::time::Duration::from_secs(s);
     }
+    let bp = &mut config.backpressure;
+    if let Some(n) = args.max_inflight_syncs.or(file.max_inflight_syncs) {
+        bp.max_inflight = usize::try_from(n).context("max_inflight_syncs is too large")?;
+    }
+    if let Some(n) = args.max_queued_syncs.or(file.max_queued_syncs) {
+        bp.max_queued = usize::try_from(n).context("max_queued_syncs is too large")?;
+    }
+    if let Some(ms) = args.sync_queue_timeout_ms.or(file.sync_queue_timeout_ms) {
+        bp.queue_timeout = std::time::Duration::from_millis(ms);
+    }
+    bp.check().map_err(|e| anyhow::anyhow!("backpressure: {e}"))?;
 
     let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
     runtime.block_on(async move {

@@ -104,7 +104,8 @@ pub(crate) enum TillRefusals {
     /// `unauthorized`: a missing, unknown or revoked credential (`WWW-Authenticate: Bearer`)
     #[response(status = 401)]
     Unauthorized(ErrorBody),
-    /// `rate_limited`: the till is over its request rate (`Retry-After`)
+    /// `rate_limited`: the till is over its request rate; `overloaded` (upload and document sync): the hub sheds
+    /// load (both with `Retry-After`)
     #[response(status = 429)]
     RateLimited(ErrorBody),
     /// `storage_busy` (with `Retry-After`) or `storage_unavailable`

@@ -4,12 +4,14 @@
 
 mod agent_crash;
 mod agent_journal;
+mod backpressure;
 mod bopis;
 mod browser;
 mod converge;
 mod dashboard;
 mod faults;
 mod inbox;
+mod loadgen;
 mod metrics;
 mod nats;
 mod outage;

@@ -9,6 +9,7 @@ use storesync_shared::canonical::{ChainInput, canonical_json, event_hash};
 use storesync_shared::event::negate;
 use storesync_shared::wire::{JournalEvent, UploadRequest};
 use storesync_shared::{EventBody, EventKind, genesis_hash};
+pub(crate) use storesync_tests::journal::{Entry, chain};
 use storesync_tests::proc::{TlsFiles, agent_cli, enroll_code};
 use storesync_tests::sales::{SKUS, sale};
 use uuid::Uuid;
@@ -221,42 +222,6 @@ pub(crate) fn sales_journal(store: &str, till: &str, n: u64, bad_bodies: &[u64])
             Entry { event_id: Uuid::new_v4(), kind: EventKind::Sale, occurred_at: occurred_at.into(), body }
         }),
     )
-}
-
-/// One journal entry before it is chained: seqs and hashes come from its place in [`chain`].
-pub(crate) struct Entry {
-    pub(crate) event_id: Uuid,
-    pub(crate) kind: EventKind,
-    pub(crate) occurred_at: String,
-    pub(crate) body: Value,
-}
-
-/// The entries as a till's hash-chained journal, from seq 1.
-pub(crate) fn chain(store: &str, till: &str, entries: impl IntoIterator<Item = Entry>) -> Vec<JournalEvent> {
-    let mut prev = genesis_hash(store, till);
-    (1..)
-        .zip(entries)
-        .map(|(seq, Entry { event_id, kind, occurred_at, body })| {
-            let hash = event_hash(&ChainInput {
-                store,
-                till,
-                seq,
-                event_id,
-                kind,
-                body: &canonical_json(&body),
-                prev_hash: &prev,
-            });
-            JournalEvent {
-                seq,
-                event_id,
-                kind,
-                occurred_at,
-                body,
-                prev_hash: std::mem::replace(&mut prev, hash.clone()),
-                hash,
-            }
-        })
-        .collect()
 }
 
 /// A hub's HTTP API as head office and scripted tills use it.
