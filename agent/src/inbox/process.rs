@@ -111,10 +111,19 @@ fn open(path: &Path, format: Format, ctx: &Context) -> std::io::Result<super::re
     Ok(format.records(Box::new(BufReader::with_capacity(READ_BUFFER, file)), ctx))
 }
 
-/// Pass 1: every record parsed and validated, nothing kept but the refusals.
-fn validate(path: &Path, format: Format, ctx: &Context) -> std::io::Result<Validation> {
+/// Pass 1: every record parsed and validated, nothing kept but the refusals. `None` when `stop` was cancelled
+/// first (a stop must not wait for a whole large file).
+fn validate(
+    path: &Path,
+    format: Format,
+    ctx: &Context,
+    stop: &CancellationToken,
+) -> std::io::Result<Option<Validation>> {
     let mut v = Validation::default();
-    for item in open(path, format, ctx)? {
+    for (n, item) in open(path, format, ctx)?.enumerate() {
+        if n % 1024 == 0 && stop.is_cancelled() {
+            return Ok(None);
+        }
         match item {
             Ok(Item::Record(_)) => v.records += 1,
             Ok(Item::Skipped { .. }) => {}
@@ -125,7 +134,7 @@ fn validate(path: &Path, format: Format, ctx: &Context) -> std::io::Result<Valid
             }
         }
     }
-    Ok(v)
+    Ok(Some(v))
 }
 
 /// The file's size and modification time now.
@@ -146,10 +155,11 @@ pub(crate) async fn process(
 ) -> Result<Done, Later> {
     let ctx = Context { currency: cfg.currency.clone() };
     let before = (file.len, file.modified);
-    let (path, format, ctx1) = (file.path.clone(), file.format, ctx.clone());
-    let v = blocking(move || validate(&path, format, &ctx1))
+    let (path, format, ctx1, stop) = (file.path.clone(), file.format, ctx.clone(), shutdown.clone());
+    let v = blocking(move || validate(&path, format, &ctx1, &stop))
         .await?
-        .map_err(|e| Later::Io(format!("reading {}: {e}", file.name)))?;
+        .map_err(|e| Later::Io(format!("reading {}: {e}", file.name)))?
+        .ok_or(Later::Stopping)?;
     if stamp(&file.path) != Some(before) {
         return Err(Later::Changed);
     }
@@ -459,8 +469,12 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("bad.jsonl");
         std::fs::write(&path, "not json\n".repeat(250)).unwrap();
-        let v = validate(&path, Format::Jsonl, &Context::default()).unwrap();
+        let v = validate(&path, Format::Jsonl, &Context::default(), &CancellationToken::new()).unwrap().unwrap();
         assert_eq!((v.records, v.refused, v.refusals.len()), (0, 250, MAX_REPORTED));
         assert_eq!(v.refusals[99].place.line, Some(100));
+        // A stop does not wait for the rest of the file.
+        let stop = CancellationToken::new();
+        stop.cancel();
+        assert!(validate(&path, Format::Jsonl, &Context::default(), &stop).unwrap().is_none());
     }
 }

@@ -153,8 +153,16 @@ async fn watch(state: Arc<AgentState>, cfg: InboxConfig, shutdown: CancellationT
                     v.rejected_files = rejected;
                 });
                 metrics::gauge!("storesync_agent_inbox_backlog_files").set(files.len() as f64);
-                if let Some(file) = pick(&files, &tracked, &cfg, now).await {
-                    handle(&state, &cfg, &file, &mut tracked, &shutdown).await;
+                // Every ready file of this listing, oldest first, before the folder is listed again (a folder of
+                // thousands of one-transaction files is listed once per batch, not once per file).
+                let ready = ready(&files, &tracked, &cfg, now).await;
+                if !ready.is_empty() {
+                    for file in &ready {
+                        if shutdown.is_cancelled() {
+                            break;
+                        }
+                        handle(&state, &cfg, file, &mut tracked, &shutdown).await;
+                    }
                     continue;
                 }
             }
@@ -199,14 +207,14 @@ fn track(tracked: &mut HashMap<PathBuf, Tracked>, files: &[Candidate], now: Inst
     }
 }
 
-/// The oldest file that is ready: unchanged for `settle`, not waiting out a failure, and complete-looking (or
-/// unchanged for `incomplete_after`).
-async fn pick(
+/// The files that are ready, oldest first: unchanged for `settle`, not waiting out a failure, and complete-looking
+/// (or unchanged for `incomplete_after`).
+async fn ready(
     files: &[Candidate],
     tracked: &HashMap<PathBuf, Tracked>,
     cfg: &InboxConfig,
     now: Instant,
-) -> Option<Candidate> {
+) -> Vec<Candidate> {
     let mut ready: Vec<&Candidate> = files
         .iter()
         .filter(|f| {
@@ -216,17 +224,17 @@ async fn pick(
         })
         .collect();
     ready.sort_by(|a, b| (a.modified, &a.name).cmp(&(b.modified, &b.name)));
+    let mut out = Vec::new();
     for f in ready {
         let unchanged_for = tracked.get(&f.path).map_or(Duration::ZERO, |t| now.duration_since(t.since));
-        if unchanged_for >= cfg.incomplete_after {
-            return Some(f.clone());
-        }
         let c = f.clone();
-        if blocking(move || looks_complete(&c)).await.is_some_and(|r| r.unwrap_or(false)) {
-            return Some(f.clone());
+        if unchanged_for >= cfg.incomplete_after
+            || blocking(move || looks_complete(&c)).await.is_some_and(|r| r.unwrap_or(false))
+        {
+            out.push(f.clone());
         }
     }
-    None
+    out
 }
 
 /// When to list the folder again without a notification: when the first tracked file may become ready, and at
@@ -264,6 +272,7 @@ async fn handle(
     match result {
         Ok(Done::Processed(c)) => {
             tracked.remove(&file.path);
+            left_inbox(state, file);
             tracing::info!(file = %file.name, journaled = c.journaled, already_journaled = c.already_journaled,
                            skipped = c.skipped, "inbox: file processed");
             state.inbox.update(|v| v.files_processed += 1);
@@ -271,6 +280,7 @@ async fn handle(
         }
         Ok(Done::Rejected { counts, failed, first, report }) => {
             tracked.remove(&file.path);
+            left_inbox(state, file);
             tracing::warn!(file = %file.name, failed, journaled = counts.journaled, first_error = %first.detail,
                            code = first.code, report = %report.display(), "inbox: file rejected");
             let record = Some(first.place.to_string()).filter(|p| p != "the file");
@@ -315,4 +325,12 @@ async fn handle(
             note_error(state, &file.name, None, "inbox_retry", &detail);
         }
     }
+}
+
+/// Takes a file that left the inbox off the backlog (until the next listing counts again).
+fn left_inbox(state: &AgentState, file: &Candidate) {
+    state.inbox.update(|v| {
+        v.backlog_files = v.backlog_files.saturating_sub(1);
+        v.backlog_bytes = v.backlog_bytes.saturating_sub(file.len);
+    });
 }

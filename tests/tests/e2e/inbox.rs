@@ -459,12 +459,13 @@ async fn a_file_written_slowly_in_place_is_read_once_when_complete() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sigkill_in_the_middle_of_a_large_file_loses_and_doubles_nothing() {
+async fn sigkill_and_stop_in_the_middle_of_a_large_file_lose_and_double_nothing() {
     const N: usize = 60_000;
     let mut till = Till::new(CONFIG);
     till.drop_file("large.jsonl", &sales_file(N));
-    // Kill it twice while it works through the file, at different depths, then let it finish.
-    for threshold in [3_000u64, 25_000] {
+    // Interrupt it twice while it works through the file, at different depths: SIGKILL, then an ordinary stop
+    // (SIGTERM, which must end cleanly and promptly in the middle of a file); then let it finish.
+    for (threshold, kill) in [(3_000u64, true), (25_000, false)] {
         let start = std::time::Instant::now();
         loop {
             let st = status(&till.c, till.url()).await;
@@ -474,17 +475,22 @@ async fn sigkill_in_the_middle_of_a_large_file_loses_and_doubles_nothing() {
             assert!(start.elapsed() < PATIENCE, "the agent never got to {threshold} records: {}", st["inbox"]);
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        till.agent.take().unwrap().kill();
+        let agent = till.agent.take().unwrap();
+        if kill {
+            agent.kill();
+        } else {
+            tokio::task::spawn_blocking(move || agent.stop()).await.unwrap(); // panics unless it exits 0
+        }
         assert!(
             till.files("").contains("large.jsonl"),
-            "the agent finished the file before it was killed; the kill must land mid-file"
+            "the agent finished the file before it was stopped; the stop must land mid-file"
         );
         let (conn, _) =
             storesync_agent::journal::open_read_only(&till.dir.path().join(storesync_agent::journal::DB_FILE)).unwrap();
-        let at_kill = storesync_agent::journal::journal_status(&conn).unwrap().journal_len;
+        let at_stop = storesync_agent::journal::journal_status(&conn).unwrap().journal_len;
         drop(conn);
-        assert!(at_kill < N as u64, "killed after the whole file was journaled");
-        eprintln!("inbox: killed with {at_kill} of {N} records journaled");
+        assert!(at_stop < N as u64, "stopped after the whole file was journaled");
+        eprintln!("inbox: {} with {at_stop} of {N} records journaled", if kill { "SIGKILL" } else { "SIGTERM" });
         till.start();
     }
     let st = till.wait_done(&["large.jsonl"], &[]).await;
