@@ -18,7 +18,8 @@
 //!   (`escrow/hold\u{1f}<id>`, JSON) that only the hub writes. So the list a till shows is in its local CRDT cache
 //!   and works offline, arrives over the channel and credential a till already uses for its own store only, and is
 //!   bounded: a hold is removed when its reservation ends, and compaction carries only the live ones.
-//! - **The planner** ([`run`]), a background task hearing the shutdown token, every second and after every upload:
+//! - **The planner** ([`run`]), a background task hearing the shutdown token: after every upload (and every
+//!   notification of new events) it applies the tills' actions (1); once a second it makes a full pass (1-4):
 //!   1. applies what tills journaled (picked, cancelled, a sale collecting it) exactly once, by a cursor over the
 //!      stored events moved in the same transaction ([`ReservationStore::consume_till_events`]);
 //!   2. expires reservations not collected by `pickup_by` (releasing their units);
@@ -416,7 +417,7 @@ async fn sync_holds_logged(state: &AppState, stores: Vec<String>) {
 /// The planner's settings.
 #[derive(Debug, Clone, Copy)]
 pub struct PlannerSettings {
-    /// Time between passes when no upload wakes it.
+    /// Time between full passes (expiry and re-planning); uploads in between only get their till actions applied.
     pub interval: std::time::Duration,
     /// Bring every store with active reservations up to date every this many passes.
     pub full_every: u32,
@@ -470,10 +471,13 @@ pub fn short_reservations(active: &[Reservation], on_hand: impl Fn(&str) -> i64)
 }
 
 /// One planner pass (see the module note). `touched` collects the stores whose holds must be brought up to date.
+/// A pass that is not `full` only applies the tills' actions; expiry and re-planning, which read every active
+/// reservation, run in full passes only (the planner makes one per `interval`, however often it is woken).
 pub async fn plan_once(
     state: &AppState,
     settings: &PlannerSettings,
     touched: &mut BTreeSet<String>,
+    full: bool,
 ) -> Result<Pass, ApiError> {
     let mut pass = Pass::default();
     let now = state.now();
@@ -485,6 +489,12 @@ pub async fn plan_once(
         if got.read < batch {
             break;
         }
+    }
+    if !full {
+        if pass.applied > 0 {
+            state.outbox_wake().notify_waiters();
+        }
+        return Ok(pass);
     }
     let active = store_call(state, |r| Ok(r.active(None)?)).await?;
     let now_key = crdt::normalize_instant(crate::api::now_instant(now)?);
@@ -550,12 +560,18 @@ pub async fn run(state: AppState, settings: PlannerSettings, shutdown: tokio_uti
     }
     let mut touched: BTreeSet<String> = BTreeSet::new();
     let mut passes: u32 = 0;
+    let mut next_full = tokio::time::Instant::now();
     loop {
-        if let Err(e) = plan_once(&state, &settings, &mut touched).await {
+        let full = tokio::time::Instant::now() >= next_full;
+        if full {
+            next_full = tokio::time::Instant::now() + settings.interval;
+        }
+        if let Err(e) = plan_once(&state, &settings, &mut touched, full).await {
             tracing::warn!(error = e.code(), "reservation planner pass failed; retrying");
         }
-        passes = passes.wrapping_add(1);
-        if passes.is_multiple_of(settings.full_every.max(1))
+        passes = passes.wrapping_add(u32::from(full));
+        if full
+            && passes.is_multiple_of(settings.full_every.max(1))
             && let Ok(all) = store_call(&state, |r| Ok(r.active(None)?)).await
         {
             touched.extend(all.into_iter().map(|r| r.store));
@@ -565,7 +581,7 @@ pub async fn run(state: AppState, settings: PlannerSettings, shutdown: tokio_uti
         tokio::select! {
             () = shutdown.cancelled() => return,
             () = state.outbox_wake().notified() => {}
-            () = tokio::time::sleep(settings.interval) => {}
+            () = tokio::time::sleep_until(next_full) => {}
         }
     }
 }

@@ -259,7 +259,7 @@ async fn three_stores_never_promise_beyond_escrow_and_tie_out() {
         for t in tills.iter_mut() {
             sync(&state, &storage, t).await;
         }
-        plan_once(&state, &settings, &mut touched).await.unwrap();
+        plan_once(&state, &settings, &mut touched, true).await.unwrap();
         let stores: Vec<String> = std::mem::take(&mut touched).into_iter().collect();
         assert!(sync_holds(&state, stores).await.is_empty());
         check_always(&storage, &orders, step);
@@ -271,7 +271,7 @@ async fn three_stores_never_promise_beyond_escrow_and_tie_out() {
     }
     clock.advance(1000 * 3600);
     for _ in 0..2 {
-        plan_once(&state, &settings, &mut touched).await.unwrap();
+        plan_once(&state, &settings, &mut touched, true).await.unwrap();
         let stores: Vec<String> = std::mem::take(&mut touched).into_iter().collect();
         assert!(sync_holds(&state, stores).await.is_empty());
         for t in tills.iter_mut() {
