@@ -207,7 +207,7 @@ impl AppState {
 
     /// Opens the data dir's database and admin token as `config` says.
     pub fn open(config: &Config) -> anyhow::Result<AppState> {
-        let storage = crate::open_storage(&config.data_dir)?;
+        let storage = crate::open_backend(&config.data_dir, config.database.as_ref())?;
         let admin_token = match &config.admin_token {
             Some(t) if !t.trim().is_empty() => t.trim().to_owned(),
             _ => {
@@ -218,7 +218,7 @@ impl AppState {
             }
         };
         AppState::with_sync(
-            Arc::new(storage),
+            storage,
             admin_token,
             config.clock.clone(),
             config.enroll_limits,

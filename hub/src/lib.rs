@@ -13,9 +13,9 @@ pub mod backpressure;
 pub mod docs;
 pub mod fleet;
 pub mod openapi;
-pub mod reservations;
 pub mod outbox;
 pub mod release;
+pub mod reservations;
 pub mod rollout;
 pub mod secrets;
 pub mod server;
@@ -150,6 +150,8 @@ pub struct Config {
     pub fleet: fleet::FleetThresholds,
     /// How events are passed on to subscriptions.
     pub delivery: outbox::DeliverySettings,
+    /// A PostgreSQL database instead of `<data-dir>/hub.db`: several instances may share it (docs/SCALING.md).
+    pub database: Option<storage::postgres::PgSettings>,
     /// Bounds of the sync requests in flight and queued; over them the hub answers 429 ([`backpressure`]).
     pub backpressure: backpressure::Settings,
 }
@@ -168,6 +170,7 @@ impl std::fmt::Debug for Config {
             .field("releases", &self.releases)
             .field("fleet", &self.fleet)
             .field("delivery", &self.delivery)
+            .field("database", &self.database)
             .field("backpressure", &self.backpressure)
             .finish_non_exhaustive()
     }
@@ -190,6 +193,7 @@ impl Config {
             releases: ReleaseSettings::default(),
             fleet: fleet::FleetThresholds::default(),
             delivery: outbox::DeliverySettings::default(),
+            database: None,
             backpressure: backpressure::Settings::default(),
         }
     }
@@ -205,6 +209,25 @@ pub fn open_storage(data_dir: &std::path::Path) -> anyhow::Result<SqliteStorage>
     std::fs::create_dir_all(data_dir).with_context(|| format!("creating data dir {}", data_dir.display()))?;
     let path = db_path(data_dir);
     SqliteStorage::open(&path).with_context(|| format!("opening database {}", path.display()))
+}
+
+/// Opens the hub's storage: the PostgreSQL database of `database` (brought up to date by its migrations), else
+/// `<data_dir>/hub.db`. The data dir is made either way (it holds `admin.token` and `instance.id`).
+pub fn open_backend(
+    data_dir: &std::path::Path,
+    database: Option<&storage::postgres::PgSettings>,
+) -> anyhow::Result<Arc<dyn storage::Storage>> {
+    let Some(pg) = database else {
+        let storage = open_storage(data_dir)?;
+        tracing::info!(path = %db_path(data_dir).display(), "storage: SQLite");
+        return Ok(Arc::new(storage));
+    };
+    std::fs::create_dir_all(data_dir).with_context(|| format!("creating data dir {}", data_dir.display()))?;
+    let target = storage::postgres::redact_url(&pg.url);
+    let storage = storage::postgres::PostgresStorage::open(pg)
+        .with_context(|| format!("opening the PostgreSQL database {target}"))?;
+    tracing::info!(database = %target, pool_size = pg.pool_size, "storage: PostgreSQL");
+    Ok(Arc::new(storage))
 }
 
 /// Binds, prints `listening on http(s)://ADDR` to stdout, and serves until `shutdown` is cancelled.

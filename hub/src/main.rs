@@ -7,7 +7,8 @@ use std::process::ExitCode;
 use anyhow::{Context as _, bail};
 use clap::{Parser, Subcommand, ValueEnum};
 use serde::Deserialize;
-use storesync_hub::storage::{Storage as _, TillId};
+use storesync_hub::storage::postgres::{DEFAULT_POOL_SIZE, PgSettings};
+use storesync_hub::storage::{Storage, TillId};
 use storesync_hub::{Config, SystemClock, TlsFiles, api, secrets};
 use tokio_util::sync::CancellationToken;
 
@@ -42,6 +43,8 @@ enum Command {
         ttl: String,
         #[arg(long, env = "STORESYNC_HUB_DATA_DIR")]
         data_dir: Option<PathBuf>,
+        #[command(flatten)]
+        database: DatabaseArgs,
     },
     /// Publish agent releases: make a signing key, build and sign a release.
     #[command(subcommand)]
@@ -54,6 +57,8 @@ enum Command {
         till: String,
         #[arg(long, env = "STORESYNC_HUB_DATA_DIR")]
         data_dir: Option<PathBuf>,
+        #[command(flatten)]
+        database: DatabaseArgs,
     },
 }
 
@@ -90,11 +95,43 @@ enum ReleaseCommand {
     },
 }
 
+/// Where the hub's state is when it is not `<data-dir>/hub.db` (docs/SCALING.md).
+#[derive(Debug, clap::Args)]
+struct DatabaseArgs {
+    /// A PostgreSQL database instead of <data-dir>/hub.db: postgres://USER[:PASSWORD]@HOST[:PORT]/DB (give a URL
+    /// with a password in the environment or the config file, not on the command line).
+    #[arg(long, env = "STORESYNC_DATABASE_URL", hide_env_values = true)]
+    database_url: Option<String>,
+    /// Connections to PostgreSQL this process may hold [default: 16].
+    #[arg(long, env = "STORESYNC_DATABASE_POOL_SIZE", value_parser = clap::value_parser!(u32).range(1..=1000))]
+    database_pool_size: Option<u32>,
+}
+
+impl DatabaseArgs {
+    /// The PostgreSQL settings from the flags, else from a config file's `database_url` and `database_pool_size`.
+    fn settings(self, file_url: Option<String>, file_pool_size: Option<u32>) -> anyhow::Result<Option<PgSettings>> {
+        let Some(url) = self.database_url.or(file_url).filter(|u| !u.trim().is_empty()) else {
+            return Ok(None);
+        };
+        let pool_size = self.database_pool_size.or(file_pool_size).unwrap_or(DEFAULT_POOL_SIZE);
+        if !(1..=1000).contains(&pool_size) {
+            bail!("database_pool_size must be from 1 to 1000");
+        }
+        Ok(Some(PgSettings { url, pool_size }))
+    }
+}
+
+/// A CLI verb's storage: it needs a connection or two, not a pool.
+fn open_for_cli(data_dir: Option<PathBuf>, database: DatabaseArgs) -> anyhow::Result<std::sync::Arc<dyn Storage>> {
+    let pg = database.settings(None, None)?.map(|s| PgSettings { pool_size: 2, ..s });
+    storesync_hub::open_backend(&data_dir.unwrap_or_else(|| DEFAULT_DATA_DIR.into()), pg.as_ref())
+}
+
 #[derive(Debug, clap::Args)]
 struct ServeArgs {
     /// A TOML file with any of: listen, data_dir, tls_cert, tls_key, insecure_allow_plaintext, max_release_bytes,
     /// release_keys, stale_after_s, offline_after_s, alert_offline_after_s, forecast_window_s, max_inflight_syncs,
-    /// max_queued_syncs, sync_queue_timeout_ms.
+    /// max_queued_syncs, sync_queue_timeout_ms, database_url, database_pool_size.
     #[arg(long)]
     config: Option<PathBuf>,
     /// Address to listen on [default: 127.0.0.1:8080].
@@ -136,6 +173,8 @@ struct ServeArgs {
     /// Event delivery: the longest wait between two attempts, in seconds [default: 600].
     #[arg(long, env = "STORESYNC_HUB_DELIVERY_BACKOFF_MAX_S", value_parser = clap::value_parser!(u64).range(1..=86_400))]
     delivery_backoff_max_s: Option<u64>,
+    #[command(flatten)]
+    database: DatabaseArgs,
     /// Backpressure: sync requests (uploads, document sync) handled at once [default: 32].
     #[arg(long, env = "STORESYNC_HUB_MAX_INFLIGHT_SYNCS", value_parser = clap::value_parser!(u64).range(1..=100_000))]
     max_inflight_syncs: Option<u64>,
@@ -165,6 +204,8 @@ struct FileConfig {
     alert_offline_after_s: Option<u64>,
     forecast_window_s: Option<u64>,
     delivery_backoff_max_s: Option<u64>,
+    database_url: Option<String>,
+    database_pool_size: Option<u32>,
     max_inflight_syncs: Option<u64>,
     max_queued_syncs: Option<u64>,
     sync_queue_timeout_ms: Option<u64>,
@@ -201,21 +242,22 @@ fn init_tracing(format: LogFormat) {
 fn real_main(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Serve(args) => serve(args),
-        Command::EnrollCode { store, till, ttl, data_dir } => {
+        Command::EnrollCode { store, till, ttl, data_dir, database } => {
             let ttl_s = secrets::parse_ttl(&ttl)
                 .with_context(|| format!("invalid --ttl {ttl:?}; use e.g. 90s, 30m, 24h, 7d"))?;
             let till = check_ids(store, till)?;
-            let storage = storesync_hub::open_storage(&data_dir.unwrap_or_else(|| DEFAULT_DATA_DIR.into()))?;
+            let storage = open_for_cli(data_dir, database)?;
             let now = time::OffsetDateTime::now_utc().unix_timestamp();
-            let code = api::issue_enrollment(&storage, &till, ttl_s, now).context("storing the enrolment code")?;
+            let code =
+                api::issue_enrollment(storage.as_ref(), &till, ttl_s, now).context("storing the enrolment code")?;
             eprintln!("enrolment code for store {} till {}, valid until {}:", code.store, code.till, code.expires_at);
             println!("{}", code.code);
             Ok(())
         }
         Command::Release(cmd) => release(cmd),
-        Command::Revoke { store, till, data_dir } => {
+        Command::Revoke { store, till, data_dir, database } => {
             let till = check_ids(store, till)?;
-            let storage = storesync_hub::open_storage(&data_dir.unwrap_or_else(|| DEFAULT_DATA_DIR.into()))?;
+            let storage = open_for_cli(data_dir, database)?;
             let now = time::OffsetDateTime::now_utc().unix_timestamp();
             if !storage.revoke(&till, now).context("revoking")? {
                 bail!("no till {} in store {}", till.till, till.store);
@@ -281,6 +323,8 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
     };
     let data_dir = args.data_dir.or(file.data_dir).unwrap_or_else(|| DEFAULT_DATA_DIR.into());
     let mut config = Config::new(data_dir);
+    config.database = args.database.settings(file.database_url, file.database_pool_size)?;
+    config.delivery.owner = Some(storesync_hub::outbox::instance_id(&config.data_dir)?);
     config.clock = std::sync::Arc::new(SystemClock);
     if let Some(listen) = args.listen.or(file.listen) {
         config.listen = listen;

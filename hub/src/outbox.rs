@@ -23,6 +23,16 @@
 //! - **NATS JetStream** subscriptions publish each event to `<subject_prefix>.<kind>.<store>` with the event id as
 //!   the message id (`Nats-Msg-Id`), so JetStream stores a resent event once within its duplicate window (made 2 h
 //!   when the hub creates the stream), and a batch counts as delivered when every message is acknowledged.
+//! - **Several hub instances on one database** (docs/SCALING.md) each run this supervisor, but a subscription is
+//!   delivered by one instance at a time: its worker must hold the subscription's **delivery lease**
+//!   ([`Storage::lease_subscription`], one conditional UPDATE: free, already ours, or run out). A lease lasts
+//!   [`LEASE_S`] and is renewed while at least [`DeliverySettings::timeout`] + 10 s of it is left (so it outlasts
+//!   any request begun under it), also while the worker waits out a backoff; a worker without it asks again every
+//!   [`LEASE_POLL`]. Each instance's lease owner is the id in `<data-dir>/instance.id` ([`instance_id`]), so a
+//!   restarted instance takes its own leases straight back; a graceful stop gives them up, and an instance that
+//!   died loses them when they run out. A takeover may send the batch in flight again (at least once, as after a
+//!   crash), and the new holder starts its retry counts afresh. Instance clocks must agree to within seconds
+//!   (NTP): a lease is judged by the clock of whoever asks for it.
 //! - Every task hears the hub's shutdown token; an in-flight request is abandoned at shutdown, and the cursor has
 //!   not moved for it.
 
@@ -44,6 +54,9 @@ use crate::storage::{OutboxEntry, Storage, StorageError, Subscription};
 /// How deliveries are retried.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct DeliverySettings {
+    /// This instance's delivery-lease owner ([`instance_id`]); `None`: a new one per start (a restart then waits
+    /// for the leases it held to run out).
+    pub owner: Option<uuid::Uuid>,
     /// The longest wait between two attempts.
     pub backoff_max: Duration,
     /// How long a receiver may take to answer one request.
@@ -55,6 +68,7 @@ pub struct DeliverySettings {
 impl Default for DeliverySettings {
     fn default() -> DeliverySettings {
         DeliverySettings {
+            owner: None,
             backoff_max: Duration::from_secs(600),
             timeout: Duration::from_secs(10),
             permanent_attempts: 3,
@@ -241,8 +255,104 @@ impl Delivery {
     }
 }
 
+/// How long a delivery lease lasts from its last renewal (longer when [`DeliverySettings::timeout`] is over 10 s).
+pub const LEASE_S: i64 = 30;
+/// How often an instance that does not hold a subscription's lease asks for it again.
+pub const LEASE_POLL: Duration = Duration::from_secs(2);
+
+/// This instance's id, kept in `<data_dir>/instance.id` (made on first use): the owner of its delivery leases, the
+/// same across restarts. Every hub instance needs a data dir of its own.
+///
+/// # Errors
+/// The data dir cannot be made, or the file cannot be read or written, or holds no UUID.
+pub fn instance_id(data_dir: &std::path::Path) -> anyhow::Result<uuid::Uuid> {
+    use anyhow::Context as _;
+    let path = data_dir.join("instance.id");
+    match std::fs::read_to_string(&path) {
+        Ok(text) => return text.trim().parse().with_context(|| format!("{} holds no instance id", path.display())),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
+    }
+    std::fs::create_dir_all(data_dir).with_context(|| format!("creating data dir {}", data_dir.display()))?;
+    let id = uuid::Uuid::new_v4();
+    let tmp = data_dir.join("instance.id.tmp");
+    std::fs::write(&tmp, format!("{id}\n")).with_context(|| format!("writing {}", tmp.display()))?;
+    std::fs::rename(&tmp, &path).with_context(|| format!("writing {}", path.display()))?;
+    Ok(id)
+}
+
+/// A worker's hold on its subscription's delivery lease.
+struct Lease {
+    id: String,
+    owner: String,
+    /// Until when this worker holds it, as far as it knows (0: it does not).
+    until: i64,
+}
+
+impl Lease {
+    /// Takes or renews the lease when it is not held or runs short; answers whether this worker holds it.
+    async fn hold(&mut self, d: &Delivery) -> bool {
+        let now = d.clock.now();
+        // Enough left to outlast a request begun now; renewed about every 10 s.
+        let reserve = i64::try_from(d.settings.timeout.as_secs()).unwrap_or(3600).min(3600) + 10;
+        if self.until.saturating_sub(now) > reserve {
+            return true;
+        }
+        let until = now + LEASE_S.max(reserve + 10);
+        let (id, owner) = (self.id.clone(), self.owner.clone());
+        match d.db(move |s| s.lease_subscription(&id, &owner, now, until)).await {
+            Ok(true) => {
+                if self.until <= now {
+                    info!(subscription = %self.id, owner = %self.owner, "delivering: this instance holds the lease");
+                }
+                self.until = until;
+                true
+            }
+            Ok(false) => {
+                if self.until > 0 {
+                    info!(subscription = %self.id, "another instance holds the delivery lease now");
+                }
+                self.until = 0;
+                false
+            }
+            Err(e) => {
+                warn!(subscription = %self.id, error = %e, "cannot renew the delivery lease");
+                now < self.until
+            }
+        }
+    }
+
+    /// Gives the lease up if this worker holds it.
+    async fn release(&mut self, d: &Delivery) {
+        if self.until == 0 {
+            return;
+        }
+        self.until = 0;
+        let (id, owner) = (self.id.clone(), self.owner.clone());
+        if let Err(e) = d.db(move |s| s.release_subscription_lease(&id, &owner)).await {
+            warn!(subscription = %self.id, error = %e, "cannot give up the delivery lease; it runs out by itself");
+        }
+    }
+
+    /// Sleeps for `wait` unless `stop` fires first (answers false then), renewing the lease meanwhile.
+    async fn pause(&mut self, d: &Delivery, wait: Duration, stop: &CancellationToken) -> bool {
+        let end = tokio::time::Instant::now() + wait;
+        loop {
+            let step = end.saturating_duration_since(tokio::time::Instant::now()).min(Duration::from_secs(5));
+            if step.is_zero() {
+                return true;
+            }
+            if !pause(step, stop).await {
+                return false;
+            }
+            self.hold(d).await;
+        }
+    }
+}
+
 /// Keeps one worker per stored subscription until `shutdown`, then waits for the workers to stop.
 pub async fn run(delivery: Delivery, shutdown: CancellationToken) {
+    let owner = delivery.settings.owner.unwrap_or_else(uuid::Uuid::new_v4).to_string();
     let client = match reqwest::Client::builder().timeout(delivery.settings.timeout).build() {
         Ok(c) => c,
         Err(e) => {
@@ -268,7 +378,8 @@ pub async fn run(delivery: Delivery, shutdown: CancellationToken) {
                         let stop = shutdown.child_token();
                         workers.insert(id.clone(), stop.clone());
                         info!(subscription = %id, "delivery worker started");
-                        tracker.spawn(worker(id, delivery.clone(), client.clone(), stop));
+                        let lease = Lease { id: id.clone(), owner: owner.clone(), until: 0 };
+                        tracker.spawn(worker(lease, delivery.clone(), client.clone(), stop));
                     }
                 }
             }
@@ -291,7 +402,13 @@ async fn pause(d: Duration, stop: &CancellationToken) -> bool {
     }
 }
 
-async fn worker(id: String, d: Delivery, client: reqwest::Client, stop: CancellationToken) {
+async fn worker(mut lease: Lease, d: Delivery, client: reqwest::Client, stop: CancellationToken) {
+    deliver_while_running(&mut lease, &d, &client, &stop).await;
+    lease.release(&d).await;
+}
+
+async fn deliver_while_running(lease: &mut Lease, d: &Delivery, client: &reqwest::Client, stop: &CancellationToken) {
+    let id = lease.id.clone();
     // Tries of the event (or batch) at the head, and failures in a row of any event: the wait grows with the
     // latter, so a receiver that stays down is not hammered afresh after each dead letter.
     let mut attempts: u32 = 0;
@@ -299,6 +416,12 @@ async fn worker(id: String, d: Delivery, client: reqwest::Client, stop: Cancella
     let mut single = false;
     let mut nats: Option<Nats> = None;
     while !stop.is_cancelled() {
+        if !lease.hold(d).await {
+            if !pause(LEASE_POLL, stop).await {
+                return;
+            }
+            continue;
+        }
         // Register for the wake-up before looking, so an ingest between the look and the wait is not missed.
         let woken = d.wake.notified();
         tokio::pin!(woken);
@@ -309,7 +432,7 @@ async fn worker(id: String, d: Delivery, client: reqwest::Client, stop: Cancella
             Ok(None) => return,
             Err(e) => {
                 warn!(subscription = %id, error = %e, "cannot read the subscription");
-                if !pause(Duration::from_secs(1), &stop).await {
+                if !pause(Duration::from_secs(1), stop).await {
                     return;
                 }
                 continue;
@@ -346,7 +469,7 @@ async fn worker(id: String, d: Delivery, client: reqwest::Client, stop: Cancella
                 if sub.spec.kind == "nats" {
                     deliver_nats(&mut nats, &sub, &batch, d.settings.timeout).await
                 } else {
-                    deliver(&client, &sub, &batch, now).await
+                    deliver(client, &sub, &batch, now).await
                 }
             } => r,
         };
@@ -396,12 +519,12 @@ async fn worker(id: String, d: Delivery, client: reqwest::Client, stop: Cancella
                     }
                     attempts = 0;
                     single = false;
-                    if !pause(backoff(failures_in_row, d.settings.backoff_max), &stop).await {
+                    if !lease.pause(d, backoff(failures_in_row, d.settings.backoff_max), stop).await {
                         return;
                     }
                     continue;
                 }
-                if !pause(backoff(failures_in_row, d.settings.backoff_max), &stop).await {
+                if !lease.pause(d, backoff(failures_in_row, d.settings.backoff_max), stop).await {
                     return;
                 }
             }

@@ -74,7 +74,7 @@ pub(crate) fn upload(journal_id: Uuid, events: &[JournalEvent]) -> UploadRequest
     }
 }
 
-fn journal() -> Uuid {
+pub(crate) fn journal() -> Uuid {
     Uuid::from_u128(0x1234)
 }
 
@@ -115,6 +115,7 @@ pub(crate) fn run_all<S: Storage>(mut fresh: impl FnMut() -> S) {
     recent_events_are_newest_first_per_store(&fresh());
     uploads_leave_spaced_progress_samples(&fresh());
     the_outbox_feeds_subscriptions_in_order(&fresh());
+    delivery_leases_are_exclusive_until_they_run_out(&fresh());
     failed_attempts_are_counted(&fresh());
     documents_are_written_optimistically(&fresh());
     document_writes_are_all_or_nothing(&fresh());
@@ -395,16 +396,8 @@ fn the_outbox_feeds_subscriptions_in_order<S: Storage>(s: &S) {
     s.append_batch(&b, &upload(journal(), &chain(&b, 2, 1)), NOW).unwrap();
     s.append_batch(&a, &upload(journal(), &chain(&a, 3, 0)), NOW + 1).unwrap();
     let spec = |id: &str, stores: &[&str]| NewSubscription {
-        id: id.into(),
-        kind: "webhook".into(),
-        url: "http://127.0.0.1:9/hook".into(),
-        secret: "0123456789abcdef".into(),
-        kinds: vec![],
         stores: stores.iter().map(|s| (*s).to_owned()).collect(),
-        batch_size: 100,
-        max_attempts: 3,
-        stream: String::new(),
-        subject_prefix: String::new(),
+        ..webhook(id)
     };
     let all = spec("all", &[]);
     s.create_subscription(&all, NOW).unwrap();
@@ -445,6 +438,40 @@ fn the_outbox_feeds_subscriptions_in_order<S: Storage>(s: &S) {
     assert!(s.delete_subscription("all").unwrap());
     assert!(s.subscription("all").unwrap().is_none() && s.list_dead_letters("all").unwrap().is_empty());
     assert!(!s.delete_subscription("all").unwrap());
+}
+
+/// A webhook subscription to every event.
+pub(crate) fn webhook(id: &str) -> super::NewSubscription {
+    super::NewSubscription {
+        id: id.into(),
+        kind: "webhook".into(),
+        url: "http://127.0.0.1:9/hook".into(),
+        secret: "0123456789abcdef".into(),
+        kinds: vec![],
+        stores: vec![],
+        batch_size: 100,
+        max_attempts: 3,
+        stream: String::new(),
+        subject_prefix: String::new(),
+    }
+}
+
+fn delivery_leases_are_exclusive_until_they_run_out<S: Storage>(s: &S) {
+    assert!(!s.lease_subscription("s", "a", NOW, NOW + 10).unwrap(), "an unknown subscription has no lease");
+    s.create_subscription(&webhook("s"), NOW).unwrap();
+    s.create_subscription(&webhook("other"), NOW).unwrap();
+    assert!(s.lease_subscription("s", "a", NOW, NOW + 10).unwrap());
+    assert!(s.lease_subscription("other", "b", NOW, NOW + 10).unwrap(), "leases are per subscription");
+    assert!(!s.lease_subscription("s", "b", NOW + 9, NOW + 19).unwrap(), "held by a");
+    assert!(s.lease_subscription("s", "a", NOW + 9, NOW + 20).unwrap(), "a renews");
+    assert!(!s.lease_subscription("s", "b", NOW + 19, NOW + 29).unwrap(), "the renewal counts");
+    assert!(s.lease_subscription("s", "b", NOW + 20, NOW + 30).unwrap(), "run out: b takes over");
+    assert!(!s.lease_subscription("s", "a", NOW + 21, NOW + 31).unwrap());
+    s.release_subscription_lease("s", "a").unwrap();
+    assert!(!s.lease_subscription("s", "a", NOW + 21, NOW + 31).unwrap(), "only the holder gives a lease up");
+    s.release_subscription_lease("s", "b").unwrap();
+    assert!(s.lease_subscription("s", "a", NOW + 22, NOW + 32).unwrap(), "given up: taken at once");
+    assert_eq!(s.subscription("s").unwrap().unwrap().cursor, 0, "a lease moves no cursor");
 }
 
 fn failed_attempts_are_counted<S: Storage>(s: &S) {
@@ -707,18 +734,7 @@ fn unprocessable_events_are_quarantined_and_block_nothing<S: Storage>(s: &S) {
     assert_eq!((view.hub_seq, view.quarantined, view.chain_ok), (3, 1, true));
     let flags: Vec<bool> = s.list_events(None, 0, 10).unwrap().iter().map(|e| e.quarantined).collect();
     assert_eq!(flags, [false, true, false]);
-    let every = super::NewSubscription {
-        id: "every".into(),
-        kind: "webhook".into(),
-        url: "http://127.0.0.1:9/".into(),
-        secret: "0123456789abcdef".into(),
-        kinds: vec![],
-        stores: vec![],
-        batch_size: 100,
-        max_attempts: 3,
-        stream: String::new(),
-        subject_prefix: String::new(),
-    };
+    let every = webhook("every");
     let outbox = |s: &S| -> Vec<u64> { s.outbox_after(&every, 0, 10).unwrap().iter().map(|e| e.event.seq).collect() };
     assert_eq!(outbox(s), [1, 3], "a quarantined event is held out of the outbox");
     let held = s.list_quarantine(None, false, 0, 10).unwrap();

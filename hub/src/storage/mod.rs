@@ -1,10 +1,12 @@
-//! The hub's storage: one trait, one SQLite backend, one conformance suite.
+//! The hub's storage: one trait, two backends ([`sqlite`], the default, and [`postgres`], which several hub
+//! instances can share), one conformance suite both pass.
 //!
 //! Design note:
 //! - Every [`Storage`] method is **one transaction** and **blocking**. The HTTP layer calls them from
 //!   `tokio::task::spawn_blocking`, never on the async runtime, and no connection lives across an `.await`.
-//!   A PostgreSQL backend can implement the same trait with a blocking client (or `block_on` inside the
-//!   blocking pool) and run the same [`conformance`] tests.
+//!   Both backends run the same `conformance` tests; the rules that need no SQL (batch shape, the health an upload
+//!   records, rollout transitions and failure counting, release order) are functions at the end of this module
+//!   that both call.
 //! - Exactly-once ingest (DESIGN-NOTES §2) is enforced by the database, not by process-local locks: the till
 //!   row is read and conditionally updated (`... WHERE hub_seq = ?old`) inside one write transaction
 //!   (`BEGIN IMMEDIATE` on SQLite, `SELECT ... FOR UPDATE` on PostgreSQL), and events carry the unique keys
@@ -32,10 +34,14 @@
 //!   `agent_version`, and counts against the target's rollout (the rules of [`crate::rollout`]) in one
 //!   transaction, so an automatic halt at `max_failures` can never be lost between two hub instances.
 
+pub mod postgres;
 pub mod reservations;
 pub mod sqlite;
 
-use storesync_shared::wire::{TillState, UploadAck, UploadRequest};
+use std::collections::BTreeMap;
+
+use storesync_shared::release::UpdateOutcome;
+use storesync_shared::wire::{MAX_BATCH_EVENTS, TillState, UploadAck, UploadRequest};
 
 /// A till as named by its credential.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -478,6 +484,13 @@ pub struct Subscription {
     pub dead_letters: u64,
 }
 
+impl Subscription {
+    /// A subscription just created: nothing delivered yet.
+    pub fn new(spec: NewSubscription, created_at: i64) -> Subscription {
+        Subscription { spec, cursor: 0, created_at, last_error: None, last_delivery_at: None, lag: 0, dead_letters: 0 }
+    }
+}
+
 /// One outbox entry: an accepted event, at its position in the hub's delivery order.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct OutboxEntry {
@@ -600,6 +613,16 @@ pub trait Storage: Send + Sync + 'static {
     /// Sets the subscription's cursor to `cursor` (backwards too): delivery restarts after it. False when unknown.
     fn rewind_subscription(&self, id: &str, cursor: i64) -> Result<bool, StorageError>;
 
+    /// Takes or renews the subscription's delivery lease for `owner` until `until`, with one conditional update:
+    /// only when nobody holds it, `owner` already does, or the holder's lease ran out by `now`. Answers whether
+    /// `owner` holds it afterwards (false too when the subscription is unknown). Hub instances sharing a database
+    /// thereby deliver each subscription from one instance at a time ([`crate::outbox`]).
+    fn lease_subscription(&self, id: &str, owner: &str, now: i64, until: i64) -> Result<bool, StorageError>;
+
+    /// Gives up `owner`'s delivery lease of the subscription (at shutdown), so that another instance takes over
+    /// without waiting for it to run out. Nothing happens when `owner` does not hold it.
+    fn release_subscription_lease(&self, id: &str, owner: &str) -> Result<(), StorageError>;
+
     /// Events after `after` (a hub position; 0 = from the start) in hub order, optionally of one store.
     fn list_events(&self, store: Option<&str>, after: i64, limit: usize) -> Result<Vec<StoredEvent>, StorageError>;
 
@@ -707,6 +730,129 @@ pub trait Storage: Send + Sync + 'static {
         report: &NewUpdateReport,
         now: i64,
     ) -> Result<ReportEffect, StorageError>;
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// Rules every backend applies in the same way, outside SQL.
+
+/// Checks the shape of a batch that needs no database: size, seqs from 1, consecutive.
+pub(crate) fn check_batch_shape(req: &UploadRequest) -> Result<(), IngestError> {
+    if req.events.len() > MAX_BATCH_EVENTS {
+        return Err(IngestError::BatchTooLarge { n: req.events.len(), max: MAX_BATCH_EVENTS });
+    }
+    if req.events.first().is_some_and(|e| e.seq == 0) {
+        return Err(IngestError::ZeroSeq);
+    }
+    for pair in req.events.windows(2) {
+        if pair[0].seq.checked_add(1) != Some(pair[1].seq) {
+            return Err(IngestError::NotConsecutive { seq: pair[1].seq });
+        }
+    }
+    Ok(())
+}
+
+/// What an upload's outcome does to its till's health row.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct HealthChange {
+    /// The upload stored events: `last_error` is cleared.
+    pub(crate) appended: bool,
+    /// The new `chain_ok`, when the outcome says something about the chain.
+    pub(crate) chain_ok: Option<bool>,
+    /// The new `last_error`, when the upload was refused.
+    pub(crate) last_error: Option<String>,
+    /// The hub's seq after the upload (for the progress sample).
+    pub(crate) hub_seq: u64,
+}
+
+/// The health an upload records, from the till's `hub_seq` before it and its outcome.
+pub(crate) fn health_change(head_seq: u64, outcome: &Result<UploadAck, IngestError>) -> HealthChange {
+    let appended = matches!(outcome, Ok(ack) if ack.acked_through > head_seq);
+    let (chain_ok, last_error) = match outcome {
+        Ok(_) if appended => (Some(true), None),
+        Ok(_) | Err(IngestError::Storage(_)) => (None, None),
+        Err(e) if e.breaks_chain() => (Some(false), Some(format!("{}: {e}", e.code()))),
+        Err(e) => (None, Some(format!("{}: {e}", e.code()))),
+    };
+    let hub_seq = match outcome {
+        Ok(ack) => ack.acked_through.max(head_seq),
+        Err(_) => head_seq,
+    };
+    HealthChange { appended, chain_ok, last_error, hub_seq }
+}
+
+/// Adds per-SKU deltas into a total, dropping SKUs that come to zero.
+pub(crate) fn add_into(total: &mut BTreeMap<String, i64>, more: &BTreeMap<String, i64>) {
+    for (sku, d) in more {
+        *total.entry(sku.clone()).or_insert(0) += d;
+    }
+    total.retain(|_, d| *d != 0);
+}
+
+/// The stored text of an update report's outcome.
+pub(crate) fn outcome_text(o: UpdateOutcome) -> &'static str {
+    match o {
+        UpdateOutcome::Installed => "installed",
+        UpdateOutcome::RolledBack => "rolled_back",
+        UpdateOutcome::Refused => "refused",
+    }
+}
+
+/// Semantic version order, newest first; text that is not a version sorts after every version.
+pub(crate) fn newest_first(a: &ReleaseInfo, b: &ReleaseInfo) -> std::cmp::Ordering {
+    let va = semver::Version::parse(&a.version).ok();
+    let vb = semver::Version::parse(&b.version).ok();
+    match (va, vb) {
+        (Some(x), Some(y)) => y.cmp(&x),
+        (Some(_), None) => std::cmp::Ordering::Less,
+        (None, Some(_)) => std::cmp::Ordering::Greater,
+        (None, None) => b.version.cmp(&a.version),
+    }
+    .then_with(|| a.target.cmp(&b.target))
+}
+
+/// Applies an admin transition to a rollout read inside the caller's transaction.
+pub(crate) fn apply_transition(
+    r: &mut Rollout,
+    change: &crate::rollout::Transition,
+    now: i64,
+) -> Result<(), crate::rollout::TransitionError> {
+    use crate::rollout::Transition;
+    r.stage = crate::rollout::transition(r.stage, r.canary_percent, change)?;
+    match change {
+        Transition::Halt(reason) => r.halted_reason = reason.clone().or(r.halted_reason.take()),
+        Transition::Resume => {
+            r.failures = 0;
+            r.halted_reason = None;
+        }
+        Transition::Promote => {}
+    }
+    r.updated_at = now;
+    Ok(())
+}
+
+/// Counts a till's report about the rollout's release against the rollout (read inside the caller's
+/// transaction), halting it at `max_failures`.
+pub(crate) fn apply_report(r: &mut Rollout, store: &str, outcome: UpdateOutcome, now: i64) -> ReportEffect {
+    use crate::rollout::Stage;
+    let mut effect = ReportEffect { rollout: None, counted_failure: false, halted_now: false };
+    match outcome {
+        UpdateOutcome::Installed => r.installed = r.installed.saturating_add(1),
+        UpdateOutcome::Refused => r.refused = r.refused.saturating_add(1),
+        UpdateOutcome::RolledBack => {
+            if crate::rollout::counts_as_failure(r.stage, r.canary_percent, store) {
+                effect.counted_failure = true;
+                r.failures = r.failures.saturating_add(1);
+                if r.failures >= r.max_failures {
+                    r.stage = Stage::Halted;
+                    r.halted_reason = Some(crate::rollout::auto_halt_reason(r.failures));
+                    effect.halted_now = true;
+                }
+            }
+        }
+    }
+    r.updated_at = now;
+    effect.rollout = Some(r.clone());
+    effect
 }
 
 #[cfg(test)]

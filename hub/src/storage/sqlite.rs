@@ -37,18 +37,18 @@ use std::sync::{Mutex, MutexGuard};
 use rusqlite::{Connection, ErrorCode, OptionalExtension, TransactionBehavior, params};
 use storesync_shared::event::EventKind;
 use storesync_shared::genesis_hash;
-use storesync_shared::wire::{MAX_BATCH_EVENTS, TillState, UploadAck, UploadRequest};
+use storesync_shared::wire::{TillState, UploadAck, UploadRequest};
 use uuid::Uuid;
 
 use super::{
-    CompactError, CompactionInput, DeadLetter, DocLoad, DocMeta, DocWrite, EpochRecord, IngestError, NewEnrollment,
-    NewRelease, NewRollout, NewSubscription, NewUpdateReport, OutboxEntry, ProgressSample, PutRelease,
+    CompactError, CompactionInput, DeadLetter, DocLoad, DocMeta, DocWrite, EpochRecord, HealthChange, IngestError,
+    NewEnrollment, NewRelease, NewRollout, NewSubscription, NewUpdateReport, OutboxEntry, ProgressSample, PutRelease,
     QuarantinedEvent, RedeemError, ReleaseInfo, ReleaseOutcome, ReplaySelector, ReportEffect, Rollout, RolloutError,
     SAMPLE_KEEP_S, SAMPLE_SPACING_S, Storage, StorageError, StoreView, StoredEvent, Subscription, TillId, TillSamples,
-    TillView, UpdateCandidate,
+    TillView, UpdateCandidate, add_into, apply_report, apply_transition, check_batch_shape, health_change,
+    newest_first, outcome_text,
 };
-use crate::rollout::{self, Stage, Transition};
-use storesync_shared::release::UpdateOutcome;
+use crate::rollout::{Stage, Transition};
 
 /// Escrow and reservations: their own file (`sqlite_reservations.rs`), a child module so it shares the connections.
 #[path = "sqlite_reservations.rs"]
@@ -242,7 +242,9 @@ CREATE TABLE IF NOT EXISTS subscriptions (
     cursor INTEGER NOT NULL DEFAULT 0,
     created_at INTEGER NOT NULL,
     last_error TEXT,
-    last_delivery_at INTEGER
+    last_delivery_at INTEGER,
+    lease_owner TEXT,
+    lease_until INTEGER NOT NULL DEFAULT 0
 );
 CREATE TABLE IF NOT EXISTS dead_letters (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -329,6 +331,18 @@ impl SqliteStorage {
         writer.pragma_update(None, "cache_size", -WRITER_CACHE_KIB)?;
         writer.execute_batch(SCHEMA)?;
         writer.execute_batch(reservations::SCHEMA)?;
+        let has_lease: bool = writer.query_row(
+            "SELECT EXISTS (SELECT 1 FROM pragma_table_info('subscriptions') WHERE name = 'lease_owner')",
+            [],
+            |r| r.get(0),
+        )?;
+        if !has_lease {
+            // A database from before delivery leases.
+            writer.execute_batch(
+                "ALTER TABLE subscriptions ADD COLUMN lease_owner TEXT;
+                 ALTER TABLE subscriptions ADD COLUMN lease_until INTEGER NOT NULL DEFAULT 0;",
+            )?;
+        }
         let outbox_empty: bool = writer.query_row("SELECT NOT EXISTS (SELECT 1 FROM outbox)", [], |r| r.get(0))?;
         if outbox_empty {
             writer.execute(OUTBOX_BACKFILL, [])?;
@@ -382,22 +396,6 @@ fn read_head(conn: &Connection, till: &TillId) -> Result<Option<Head>, rusqlite:
     .optional()
 }
 
-/// Checks the shape of a batch that needs no database: size, seqs from 1, consecutive.
-fn check_shape(req: &UploadRequest) -> Result<(), IngestError> {
-    if req.events.len() > MAX_BATCH_EVENTS {
-        return Err(IngestError::BatchTooLarge { n: req.events.len(), max: MAX_BATCH_EVENTS });
-    }
-    if req.events.first().is_some_and(|e| e.seq == 0) {
-        return Err(IngestError::ZeroSeq);
-    }
-    for pair in req.events.windows(2) {
-        if pair[0].seq.checked_add(1) != Some(pair[1].seq) {
-            return Err(IngestError::NotConsecutive { seq: pair[1].seq });
-        }
-    }
-    Ok(())
-}
-
 /// Applies a batch to the till's events (inside the caller's transaction or savepoint, which the caller rolls back
 /// when this fails). Returns the new head, or the old one.
 fn ingest(
@@ -407,7 +405,7 @@ fn ingest(
     req: &UploadRequest,
     now: i64,
 ) -> Result<UploadAck, IngestError> {
-    check_shape(req)?;
+    check_batch_shape(req)?;
     if let Some(recorded) = head.journal_id
         && head.hub_seq > 0
         && recorded != req.journal_id
@@ -591,14 +589,7 @@ fn record_health(
     head: &Head,
     outcome: &Result<UploadAck, IngestError>,
 ) -> Result<(), rusqlite::Error> {
-    let appended = matches!(outcome, Ok(ack) if ack.acked_through > head.hub_seq);
-    let (chain_ok, last_error): (Option<bool>, Option<String>) = match outcome {
-        Ok(_) if appended => (Some(true), None),
-        Ok(_) => (None, None),
-        Err(IngestError::Storage(_)) => (None, None),
-        Err(e) if e.breaks_chain() => (Some(false), Some(format!("{}: {e}", e.code()))),
-        Err(e) => (None, Some(format!("{}: {e}", e.code()))),
-    };
+    let HealthChange { appended, chain_ok, last_error, hub_seq } = health_change(head.hub_seq, outcome);
     conn.execute(
         "UPDATE tills SET last_seen = ?1, backlog = ?2, oldest_unsynced_age_s = ?3, reported_seq = ?4,
             agent_version = CASE WHEN ?5 = '' THEN agent_version ELSE ?5 END,
@@ -618,10 +609,6 @@ fn record_health(
             till.till
         ],
     )?;
-    let hub_seq = match outcome {
-        Ok(ack) => ack.acked_through.max(head.hub_seq),
-        Err(_) => head.hub_seq,
-    };
     conn.prepare_cached(
         "INSERT INTO till_progress (store, till, at, reported_seq, hub_seq)
          SELECT ?1, ?2, ?3, ?4, ?5 WHERE NOT EXISTS
@@ -779,13 +766,6 @@ fn till_effects(
     }
 }
 
-fn add_into(total: &mut BTreeMap<String, i64>, more: &BTreeMap<String, i64>) {
-    for (sku, d) in more {
-        *total.entry(sku.clone()).or_insert(0) += d;
-    }
-    total.retain(|_, d| *d != 0);
-}
-
 const ROLLOUT_COLUMNS: &str = "target, version, stage, canary_percent, max_failures, failures, installed, refused,
     halted_reason, started_at, updated_at";
 
@@ -828,27 +808,6 @@ fn write_rollout(conn: &Connection, r: &Rollout) -> Result<(), rusqlite::Error> 
         ],
     )?;
     Ok(())
-}
-
-fn outcome_text(o: UpdateOutcome) -> &'static str {
-    match o {
-        UpdateOutcome::Installed => "installed",
-        UpdateOutcome::RolledBack => "rolled_back",
-        UpdateOutcome::Refused => "refused",
-    }
-}
-
-/// Semantic version order, newest first; text that is not a version sorts after every version.
-fn newest_first(a: &ReleaseInfo, b: &ReleaseInfo) -> std::cmp::Ordering {
-    let va = semver::Version::parse(&a.version).ok();
-    let vb = semver::Version::parse(&b.version).ok();
-    match (va, vb) {
-        (Some(x), Some(y)) => y.cmp(&x),
-        (Some(_), None) => std::cmp::Ordering::Less,
-        (None, Some(_)) => std::cmp::Ordering::Greater,
-        (None, None) => b.version.cmp(&a.version),
-    }
-    .then_with(|| a.target.cmp(&b.target))
 }
 
 impl From<rusqlite::Error> for RolloutError {
@@ -1133,15 +1092,7 @@ impl Storage for SqliteStorage {
         match res {
             Err(e) if e.sqlite_error_code() == Some(ErrorCode::ConstraintViolation) => Err(StorageError::Conflict),
             Err(e) => Err(e.into()),
-            Ok(_) => Ok(Subscription {
-                spec: sub.clone(),
-                cursor: 0,
-                created_at: now,
-                last_error: None,
-                last_delivery_at: None,
-                lag: 0,
-                dead_letters: 0,
-            }),
+            Ok(_) => Ok(Subscription::new(sub.clone(), now)),
         }
     }
 
@@ -1319,6 +1270,25 @@ impl Storage for SqliteStorage {
     fn rewind_subscription(&self, id: &str, cursor: i64) -> Result<bool, StorageError> {
         let conn = lock(&self.writer);
         Ok(conn.execute("UPDATE subscriptions SET cursor = ?2 WHERE id = ?1", params![id, cursor])? == 1)
+    }
+
+    fn lease_subscription(&self, id: &str, owner: &str, now: i64, until: i64) -> Result<bool, StorageError> {
+        let conn = lock(&self.writer);
+        let n = conn.execute(
+            "UPDATE subscriptions SET lease_owner = ?2, lease_until = ?4
+             WHERE id = ?1 AND (lease_owner IS NULL OR lease_owner = ?2 OR lease_until <= ?3)",
+            params![id, owner, now, until],
+        )?;
+        Ok(n == 1)
+    }
+
+    fn release_subscription_lease(&self, id: &str, owner: &str) -> Result<(), StorageError> {
+        let conn = lock(&self.writer);
+        conn.execute(
+            "UPDATE subscriptions SET lease_owner = NULL, lease_until = 0 WHERE id = ?1 AND lease_owner = ?2",
+            params![id, owner],
+        )?;
+        Ok(())
     }
 
     fn list_events(&self, store: Option<&str>, after: i64, limit: usize) -> Result<Vec<StoredEvent>, StorageError> {
@@ -1728,16 +1698,7 @@ impl Storage for SqliteStorage {
         let mut conn = lock(&self.writer);
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
         let mut r = read_rollout(&tx, target)?.ok_or_else(|| RolloutError::NoRollout(target.to_owned()))?;
-        r.stage = rollout::transition(r.stage, r.canary_percent, change)?;
-        match change {
-            Transition::Halt(reason) => r.halted_reason = reason.clone().or(r.halted_reason.take()),
-            Transition::Resume => {
-                r.failures = 0;
-                r.halted_reason = None;
-            }
-            Transition::Promote => {}
-        }
-        r.updated_at = now;
+        apply_transition(&mut r, change, now)?;
         write_rollout(&tx, &r)?;
         tx.commit()?;
         Ok(r)
@@ -1819,24 +1780,8 @@ impl Storage for SqliteStorage {
         )?;
         let mut effect = ReportEffect { rollout: None, counted_failure: false, halted_now: false };
         if let Some(mut r) = read_rollout(&tx, &report.target)?.filter(|r| r.version == report.version) {
-            match report.outcome {
-                UpdateOutcome::Installed => r.installed = r.installed.saturating_add(1),
-                UpdateOutcome::Refused => r.refused = r.refused.saturating_add(1),
-                UpdateOutcome::RolledBack => {
-                    if rollout::counts_as_failure(r.stage, r.canary_percent, &till.store) {
-                        effect.counted_failure = true;
-                        r.failures = r.failures.saturating_add(1);
-                        if r.failures >= r.max_failures {
-                            r.stage = Stage::Halted;
-                            r.halted_reason = Some(rollout::auto_halt_reason(r.failures));
-                            effect.halted_now = true;
-                        }
-                    }
-                }
-            }
-            r.updated_at = now;
+            effect = apply_report(&mut r, &till.store, report.outcome, now);
             write_rollout(&tx, &r)?;
-            effect.rollout = Some(r);
         }
         tx.commit()?;
         Ok(effect)
@@ -1881,18 +1826,7 @@ mod tests {
         // As a hub of the version before the outbox left it: events, and no outbox rows.
         Connection::open(&path).unwrap().execute("DELETE FROM outbox", []).unwrap();
         let s = SqliteStorage::open(&path).unwrap();
-        let sub = NewSubscription {
-            id: "s".into(),
-            kind: "webhook".into(),
-            url: "http://127.0.0.1:9/".into(),
-            secret: "0123456789abcdef".into(),
-            kinds: vec![],
-            stores: vec![],
-            batch_size: 10,
-            max_attempts: 3,
-            stream: String::new(),
-            subject_prefix: String::new(),
-        };
+        let sub = crate::storage::conformance::webhook("s");
         let seqs: Vec<u64> = s.outbox_after(&sub, 0, 10).unwrap().iter().map(|e| e.event.seq).collect();
         assert_eq!(seqs, [1, 2, 3]);
         drop(s);

@@ -10,6 +10,7 @@ mod browser;
 mod converge;
 mod dashboard;
 mod faults;
+mod hub_postgres;
 mod inbox;
 mod loadgen;
 mod metrics;
