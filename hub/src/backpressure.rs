@@ -5,7 +5,9 @@
 //! Two bounds guard `POST /v1/sync/upload` and `POST /v1/sync/doc` (the requests that do storage work: an ingest
 //! transaction, a document merge), in one [`Admission`] shared by both:
 //! - **admitted** (`max_inflight + max_queued` slots): a request takes a slot before anything else (before its
-//!   credential is checked or its body read). No slot free: `429` at once; the request cost one semaphore check.
+//!   credential is checked or its body read). No slot free: `429` at once, its credential unchecked and its body
+//!   read and dropped unparsed ([`drain`]: a client still sending its body would otherwise see a reset connection
+//!   instead of the 429).
 //!   Holding a slot it reads its body (at most the route's body limit, within [`BODY_READ_TIMEOUT`]), so the memory
 //!   held by bodies is bounded by the slots times the route's limit, and a slow store link holds no storage permit.
 //! - **in flight** (`max_inflight` permits): with its body read, the request waits for a permit at most
@@ -47,6 +49,8 @@ use crate::api::ApiError;
 pub const MAX_RETRY_AFTER_S: u64 = 30;
 /// How long a guarded request may take to send its body.
 pub const BODY_READ_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long a shed request may take to send the body the hub reads and drops.
+pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 /// Shedding this long without a quiet gap raises the overload alarm.
 pub const ALARM_SUSTAIN: Duration = Duration::from_secs(10);
 /// This long without a shed request ends a shedding streak (and clears a raised alarm).
@@ -309,7 +313,9 @@ where
 async fn admit(State(g): State<Guard>, req: Request, next: Next) -> Response {
     let a = &g.admission;
     let Ok(slot) = a.admitted.clone().try_acquire_owned() else {
-        return a.shed(Shed::QueueFull);
+        let res = a.shed(Shed::QueueFull);
+        drain(req.into_body(), g.max_body).await;
+        return res;
     };
     a.record_gauges();
     let (parts, body) = req.into_parts();
@@ -351,27 +357,38 @@ async fn admit(State(g): State<Guard>, req: Request, next: Next) -> Response {
     res
 }
 
-/// Reads a body up to `limit + 1` bytes: a longer body is cut there, and the handler's own limit refuses it.
-async fn read_body(mut body: Body, limit: usize) -> Result<Bytes, axum::Error> {
+/// Passes a body's data frames to `take` until the body ends or more than `limit` bytes were passed; answers how
+/// many bytes that was.
+async fn frames(mut body: Body, limit: usize, mut take: impl FnMut(Bytes)) -> Result<usize, axum::Error> {
     use hyper::body::Body as _;
-    let mut buf = Vec::new();
-    let mut single: Option<Bytes> = None;
+    let mut len = 0usize;
     while let Some(frame) = std::future::poll_fn(|cx| Pin::new(&mut body).poll_frame(cx)).await {
         let Ok(data) = frame?.into_data() else { continue };
-        if single.is_none() && buf.is_empty() {
-            single = Some(data);
-        } else {
-            if let Some(first) = single.take() {
-                buf.extend_from_slice(&first);
-            }
-            buf.extend_from_slice(&data);
-        }
-        let len = single.as_ref().map_or(buf.len(), Bytes::len);
+        len = len.saturating_add(data.len());
+        take(data);
         if len > limit {
             break;
         }
     }
-    Ok(single.unwrap_or_else(|| Bytes::from(buf)))
+    Ok(len)
+}
+
+/// Reads a body up to `limit + 1` bytes: a longer body is cut there, and the handler's own limit refuses it.
+async fn read_body(body: Body, limit: usize) -> Result<Bytes, axum::Error> {
+    let mut parts: Vec<Bytes> = Vec::new();
+    frames(body, limit, |b| parts.push(b)).await?;
+    Ok(match parts.len() {
+        0 => Bytes::new(),
+        1 => parts.pop().unwrap_or_default(),
+        _ => Bytes::from(parts.concat()),
+    })
+}
+
+/// Reads and drops a shed request's body (at most `limit` bytes, within [`DRAIN_TIMEOUT`]), so that the client,
+/// still sending it, reads the 429 instead of a reset connection (hyper closes a connection whose request body was
+/// left unread, and the client's write then fails with a broken pipe). Holds no slot while it reads.
+async fn drain(body: Body, limit: usize) {
+    let _ = tokio::time::timeout(DRAIN_TIMEOUT, frames(body, limit, drop)).await;
 }
 
 #[cfg(test)]
@@ -461,6 +478,9 @@ mod tests {
         assert_eq!(body_of(&[], 10).await, Bytes::new());
         let cut = body_of(&[b"0123", b"4567", b"89ab", b"cdef"], 6).await;
         assert_eq!(cut, Bytes::from_static(b"01234567"), "stops at the first frame past the limit");
+        let chunks = |c: &[&'static [u8]]| Body::new(Chunks(c.iter().map(|c| Bytes::from_static(c)).collect()));
+        assert_eq!(frames(chunks(&[b"0123", b"4567", b"89"]), 100, drop).await.unwrap(), 10, "drained whole");
+        assert_eq!(frames(chunks(&[b"0123", b"4567", b"89"]), 5, drop).await.unwrap(), 8, "a drain stops too");
     }
 
     /// A guarded router whose one route signals `started` and then answers once `release` gives it a permit.

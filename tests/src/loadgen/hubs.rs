@@ -169,6 +169,8 @@ pub struct StatsInner {
     pub doc_ms: Vec<f64>,
     /// Answers that were not a success, by [`Kind::label`], with whether they are errors.
     pub kinds: BTreeMap<String, (u64, bool)>,
+    /// The first few details of each kind of error, by [`Kind::label`].
+    pub examples: BTreeMap<String, Vec<String>>,
     /// Events acknowledged for the first time.
     pub acked: u64,
     pub uploads: u64,
@@ -212,11 +214,24 @@ impl Stats {
         });
     }
 
+    /// Keeps `detail` as an example of `kind` (the first [`EXAMPLES`] of each).
+    pub(crate) fn example(&self, kind: &Kind, detail: &str) {
+        self.with(|s| {
+            let list = s.examples.entry(kind.label()).or_default();
+            if list.len() < EXAMPLES {
+                list.push(detail.chars().take(300).collect());
+            }
+        });
+    }
+
     /// What was measured so far.
     pub fn snapshot(&self) -> StatsInner {
         self.inner.lock().map(|s| s.clone()).unwrap_or_default()
     }
 }
+
+/// How many details of each kind of error a report shows.
+const EXAMPLES: usize = 3;
 
 fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0

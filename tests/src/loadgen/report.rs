@@ -156,6 +156,13 @@ pub fn markdown(cfg: &Config, rounds: &[RoundResult]) -> String {
     if !any {
         s.push_str("| | none | 0 | |\n");
     }
+    for (i, r) in rounds.iter().enumerate() {
+        for (kind, list) in &r.stats.examples {
+            for e in list {
+                let _ = writeln!(s, "\n- round {}, {kind}: `{}`", i + 1, e.replace('`', "'"));
+            }
+        }
+    }
     s.push_str("\n### Verification\n\n");
     for (i, r) in rounds.iter().enumerate() {
         let stock = match r.stock_checked {

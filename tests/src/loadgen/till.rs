@@ -277,6 +277,7 @@ impl SimTill {
                     }
                     Err((kind, detail, wait)) => {
                         ctx.stats.count(&kind, None);
+                        ctx.stats.example(&kind, &detail);
                         if matches!(kind, Kind::SlowDown { .. }) {
                             self.slow_down(ctx, wait).await?;
                         } else {
@@ -308,10 +309,11 @@ impl SimTill {
             let resp = match res {
                 Ok(r) => r,
                 Err(e) => {
-                    let kind = Kind::of_send_error(&e);
+                    let (kind, detail) = (Kind::of_send_error(&e), error_chain(&e));
                     ctx.stats.count(&kind, Some(sent));
+                    ctx.stats.example(&kind, &detail);
                     self.hub_seq = None;
-                    self.failed(ctx, kind, &error_chain(&e), &mut failures).await?;
+                    self.failed(ctx, kind, &detail, &mut failures).await?;
                     continue;
                 }
             };
@@ -334,9 +336,11 @@ impl SimTill {
             let ack: UploadAck = match resp.json().await {
                 Ok(a) => a,
                 Err(e) => {
+                    let detail = format!("reading the ack: {}", error_chain(&e));
                     ctx.stats.count(&Kind::BadAnswer, Some(sent));
+                    ctx.stats.example(&Kind::BadAnswer, &detail);
                     self.hub_seq = None;
-                    self.failed(ctx, Kind::BadAnswer, &format!("reading the ack: {e}"), &mut failures).await?;
+                    self.failed(ctx, Kind::BadAnswer, &detail, &mut failures).await?;
                     continue;
                 }
             };
@@ -349,6 +353,7 @@ impl SimTill {
                 ctx.stats.count(&Kind::BadAnswer, Some(sent));
                 self.hub_seq = None;
                 let detail = format!("ack through {} with hash {}", ack.acked_through, ack.last_hash);
+                ctx.stats.example(&Kind::BadAnswer, &detail);
                 self.failed(ctx, Kind::BadAnswer, &detail, &mut failures).await?;
                 continue;
             }
@@ -417,9 +422,10 @@ impl SimTill {
                 .send()
                 .await
                 .map_err(|e| {
-                    let kind = Kind::of_send_error(&e);
+                    let (kind, detail) = (Kind::of_send_error(&e), error_chain(&e));
                     ctx.stats.count(&kind, Some(sent));
-                    fail(kind, error_chain(&e))
+                    ctx.stats.example(&kind, &detail);
+                    fail(kind, detail)
                 })?;
             match resp.status().as_u16() {
                 200 => {
