@@ -228,10 +228,7 @@ async fn write(State(s): State<Arc<AgentState>>, ty: BodyType, Body(bytes): Body
         AppendOutcome::Created(mut r) => {
             s.sync_wake.notify_one();
             if !walk_in.is_empty() {
-                let state = s.clone();
-                r.warnings = tokio::task::spawn_blocking(move || crate::reservations::warnings(&state, &walk_in))
-                    .await
-                    .unwrap_or_default();
+                r.warnings = crate::reservations::receipt_warnings(&s, walk_in).await;
             }
             (StatusCode::CREATED, r)
         }

@@ -82,6 +82,15 @@ impl DocState {
         self.committed_heads = doc.get_heads();
         self.doc = doc;
     }
+
+    /// Units of `sku` on hand as readers see them: the committed document plus the unfolded movements.
+    pub fn on_hand(&self, sku: &str) -> i64 {
+        use storesync_shared::crdt;
+        let unfolded = self.unfolded.get(sku).copied().unwrap_or(0);
+        crdt::root_map(&self.doc, crdt::STOCK)
+            .map_or(0, |stock| crdt::on_hand(&self.doc, &stock, sku, Some(&self.committed_heads)))
+            + unfolded
+    }
 }
 
 /// What the writer has done since the agent started.

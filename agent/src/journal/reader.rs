@@ -55,12 +55,7 @@ impl ReadPool {
 
     /// Stock on hand of `sku` as last committed: the document plus this till's movements not yet folded into it.
     pub fn on_hand(&self, sku: &str) -> i64 {
-        let Ok(d) = self.docs.read() else { return 0 };
-        let unfolded = d.unfolded.get(sku).copied().unwrap_or(0);
-        let Some(stock) = crdt::root_map(&d.doc, crdt::STOCK) else {
-            return unfolded;
-        };
-        crdt::on_hand(&d.doc, &stock, sku, Some(&d.committed_heads)) + unfolded
+        self.docs.read().map_or(0, |d| d.on_hand(sku))
     }
 
     /// The price of `sku` in force now, and the next scheduled change.
