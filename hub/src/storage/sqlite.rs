@@ -324,29 +324,40 @@ fn open_connection(path: &Path) -> Result<Connection, StorageError> {
 /// mid-transaction and re-read index pages from the OS for every batch.
 const WRITER_CACHE_KIB: i64 = 64 * 1024;
 
+/// Brings the schema up to date in one `BEGIN IMMEDIATE` transaction. Another process may have the database open
+/// and be writing (a CLI verb such as `enroll-code` opens it beside a running `serve`), so the checks and the
+/// changes they decide on must not be split by another writer's commit: the outbox backfill once raced a live
+/// hub's first ingest and inserted positions that had just been queued.
+fn migrate(conn: &mut Connection) -> Result<(), StorageError> {
+    let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+    tx.execute_batch(SCHEMA)?;
+    tx.execute_batch(reservations::SCHEMA)?;
+    let has_lease: bool = tx.query_row(
+        "SELECT EXISTS (SELECT 1 FROM pragma_table_info('subscriptions') WHERE name = 'lease_owner')",
+        [],
+        |r| r.get(0),
+    )?;
+    if !has_lease {
+        // A database from before delivery leases.
+        tx.execute_batch(
+            "ALTER TABLE subscriptions ADD COLUMN lease_owner TEXT;
+             ALTER TABLE subscriptions ADD COLUMN lease_until INTEGER NOT NULL DEFAULT 0;",
+        )?;
+    }
+    let outbox_empty: bool = tx.query_row("SELECT NOT EXISTS (SELECT 1 FROM outbox)", [], |r| r.get(0))?;
+    if outbox_empty {
+        tx.execute(OUTBOX_BACKFILL, [])?;
+    }
+    tx.commit()?;
+    Ok(())
+}
+
 impl SqliteStorage {
     /// Opens (creating if needed) the database at `path` and brings its schema up to date.
     pub fn open(path: &Path) -> Result<SqliteStorage, StorageError> {
-        let writer = open_connection(path)?;
+        let mut writer = open_connection(path)?;
         writer.pragma_update(None, "cache_size", -WRITER_CACHE_KIB)?;
-        writer.execute_batch(SCHEMA)?;
-        writer.execute_batch(reservations::SCHEMA)?;
-        let has_lease: bool = writer.query_row(
-            "SELECT EXISTS (SELECT 1 FROM pragma_table_info('subscriptions') WHERE name = 'lease_owner')",
-            [],
-            |r| r.get(0),
-        )?;
-        if !has_lease {
-            // A database from before delivery leases.
-            writer.execute_batch(
-                "ALTER TABLE subscriptions ADD COLUMN lease_owner TEXT;
-                 ALTER TABLE subscriptions ADD COLUMN lease_until INTEGER NOT NULL DEFAULT 0;",
-            )?;
-        }
-        let outbox_empty: bool = writer.query_row("SELECT NOT EXISTS (SELECT 1 FROM outbox)", [], |r| r.get(0))?;
-        if outbox_empty {
-            writer.execute(OUTBOX_BACKFILL, [])?;
-        }
+        migrate(&mut writer)?;
         Ok(SqliteStorage { path: path.to_owned(), writer: Mutex::new(writer), readers: Mutex::new(Vec::new()) })
     }
 
@@ -1833,5 +1844,31 @@ mod tests {
         // Reopening again adds nothing twice.
         let s = SqliteStorage::open(&path).unwrap();
         assert_eq!(s.outbox_after(&sub, 0, 10).unwrap().len(), 3);
+    }
+
+    #[test]
+    fn opening_beside_a_live_writer_does_not_backfill_what_it_queued() {
+        // `enroll-code` opens the database while `serve` takes its first upload. The live writer has an event and
+        // its outbox row in an open transaction; the second open must wait for it and then find the outbox filled.
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("hub.db");
+        drop(SqliteStorage::open(&path).unwrap());
+        let mut live = Connection::open(&path).unwrap();
+        let tx = live.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate).unwrap();
+        tx.execute(
+            "INSERT INTO events (store, till, seq, event_id, kind, occurred_at, body, prev_hash, hash, received_at)
+             VALUES ('S1', 'T1', 1, 'e1', 'sale', '2026-01-01T00:00:00Z', '{}', 'p', 'h', 0)",
+            [],
+        )
+        .unwrap();
+        tx.execute("INSERT INTO outbox (hub_pos) SELECT hub_pos FROM events", []).unwrap();
+        let opener = std::thread::spawn(move || SqliteStorage::open(&path).map(drop));
+        // Give the opener the chance to run its checks before the live commit (the old code read the empty outbox
+        // here, then inserted the same position after the commit).
+        std::thread::sleep(std::time::Duration::from_millis(200));
+        tx.commit().unwrap();
+        opener.join().unwrap().expect("the second open waits for the writer and succeeds");
+        let n: i64 = live.query_row("SELECT COUNT(*) FROM outbox", [], |r| r.get(0)).unwrap();
+        assert_eq!(n, 1);
     }
 }
