@@ -230,3 +230,30 @@ impl Config {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The annotated `agent.toml` the Linux packages install: every key it shows, uncommented, is a key this
+    /// version reads (and resolves with its shown value), so the file cannot drift from the code unnoticed.
+    #[test]
+    fn the_shipped_agent_toml_shows_only_real_keys() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../installers/linux/agent.toml");
+        let text = std::fs::read_to_string(&path).unwrap();
+        let uncommented: String = text
+            .lines()
+            .filter_map(|l| l.strip_prefix("# "))
+            .filter(|l| l.split_once(" = ").is_some_and(|(k, _)| k.chars().all(|c| c.is_ascii_lowercase() || c == '_')))
+            .filter(|l| !l.contains('<'))
+            .map(|l| format!("{l}\n"))
+            .collect::<String>()
+            // The file shows `update_enabled = true` beside a placeholder key (left out above); without a key the
+            // agent refuses to start, as the file says.
+            .replace("update_enabled = true", "update_enabled = false");
+        assert!(uncommented.contains("inbox_settle_ms"), "{uncommented}");
+        let file: FileConfig = toml::from_str(&uncommented).unwrap_or_else(|e| panic!("{e}\n{uncommented}"));
+        let o = Overrides::default();
+        Config::resolve(file, o, Mode::Service).unwrap();
+    }
+}
