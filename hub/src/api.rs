@@ -74,6 +74,9 @@ struct Inner {
     admission: Arc<crate::backpressure::Admission>,
     /// Escrow and reservations ([`crate::reservations`]); `None` on a backend without them.
     reservations: Option<Arc<dyn crate::storage::reservations::ReservationStore>>,
+    /// Stores whose documents' holds the reservation planner must bring up to date (bounded by the fleet: a set
+    /// of store ids).
+    holds_due: std::sync::Mutex<std::collections::BTreeSet<String>>,
 }
 
 /// What every handler shares.
@@ -122,6 +125,7 @@ impl AppState {
             outbox_wake: Arc::new(tokio::sync::Notify::new()),
             admission: Arc::new(crate::backpressure::Admission::new(crate::backpressure::Settings::default())),
             reservations: None,
+            holds_due: std::sync::Mutex::default(),
         }))
     }
 
@@ -198,6 +202,17 @@ impl AppState {
 
     pub(crate) fn outbox_wake(&self) -> &tokio::sync::Notify {
         &self.0.outbox_wake
+    }
+
+    /// Asks the reservation planner to bring `store`'s document holds up to date, and wakes it.
+    pub(crate) fn holds_due(&self, store: String) {
+        self.0.holds_due.lock().unwrap_or_else(std::sync::PoisonError::into_inner).insert(store);
+        self.0.outbox_wake.notify_waiters();
+    }
+
+    /// The stores [`AppState::holds_due`] named since the last call.
+    pub(crate) fn take_holds_due(&self) -> std::collections::BTreeSet<String> {
+        std::mem::take(&mut *self.0.holds_due.lock().unwrap_or_else(std::sync::PoisonError::into_inner))
     }
 
     /// The fleet view's thresholds.

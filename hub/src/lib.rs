@@ -154,6 +154,8 @@ pub struct Config {
     pub database: Option<storage::postgres::PgSettings>,
     /// Bounds of the sync requests in flight and queued; over them the hub answers 429 ([`backpressure`]).
     pub backpressure: backpressure::Settings,
+    /// The reservation planner: how often it runs and what it does at `pickup_by` ([`reservations`]).
+    pub planner: reservations::PlannerSettings,
 }
 
 impl std::fmt::Debug for Config {
@@ -172,6 +174,7 @@ impl std::fmt::Debug for Config {
             .field("delivery", &self.delivery)
             .field("database", &self.database)
             .field("backpressure", &self.backpressure)
+            .field("planner", &self.planner)
             .finish_non_exhaustive()
     }
 }
@@ -195,6 +198,7 @@ impl Config {
             delivery: outbox::DeliverySettings::default(),
             database: None,
             backpressure: backpressure::Settings::default(),
+            planner: reservations::PlannerSettings::default(),
         }
     }
 }

@@ -131,7 +131,7 @@ fn open_for_cli(data_dir: Option<PathBuf>, database: DatabaseArgs) -> anyhow::Re
 struct ServeArgs {
     /// A TOML file with any of: listen, data_dir, tls_cert, tls_key, insecure_allow_plaintext, max_release_bytes,
     /// release_keys, stale_after_s, offline_after_s, alert_offline_after_s, forecast_window_s, max_inflight_syncs,
-    /// max_queued_syncs, sync_queue_timeout_ms, database_url, database_pool_size.
+    /// max_queued_syncs, sync_queue_timeout_ms, database_url, database_pool_size, reservation_expiry.
     #[arg(long)]
     config: Option<PathBuf>,
     /// Address to listen on [default: 127.0.0.1:8080].
@@ -184,6 +184,10 @@ struct ServeArgs {
     /// Backpressure: the longest wait of a queued sync request before it is answered 429, in ms [default: 5000].
     #[arg(long, env = "STORESYNC_HUB_SYNC_QUEUE_TIMEOUT_MS", value_parser = clap::value_parser!(u64).range(0..=600_000))]
     sync_queue_timeout_ms: Option<u64>,
+    /// Reservations: what happens to one not picked by its pickup_by — `release` its units (expired), or
+    /// `reroute` it to the next store of its list with a new pickup time [default: release].
+    #[arg(long, env = "STORESYNC_HUB_RESERVATION_EXPIRY", value_enum)]
+    reservation_expiry: Option<storesync_hub::reservations::ExpiryPolicy>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -209,6 +213,7 @@ struct FileConfig {
     max_inflight_syncs: Option<u64>,
     max_queued_syncs: Option<u64>,
     sync_queue_timeout_ms: Option<u64>,
+    reservation_expiry: Option<storesync_hub::reservations::ExpiryPolicy>,
 }
 
 const DEFAULT_DATA_DIR: &str = "storesync-hub-data";
@@ -375,6 +380,9 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         bp.queue_timeout = std::time::Duration::from_millis(ms);
     }
     bp.check().map_err(|e| anyhow::anyhow!("backpressure: {e}"))?;
+    if let Some(p) = args.reservation_expiry.or(file.reservation_expiry) {
+        config.planner.on_expiry = p;
+    }
 
     let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
     runtime.block_on(async move {

@@ -5,8 +5,9 @@
 //!   `PUT /v1/admin/escrow` (a quantity, or a policy: a share of the store's on-hand now, with a floor and a cap).
 //!   The `escrow` table ([`ReservationStore`]) is the authority the reservation check runs against; the store's
 //!   automerge document carries a copy (`escrow/qty\u{1f}<sku>`, written only by the hub) so every till knows it
-//!   offline. The table is written first; a failed document write answers 5xx and the same PUT again repairs it
-//!   (the document write is skipped when it already holds the value). Growing escrow takes effect at the hub at
+//!   offline. The table is written first; a failed document write answers 5xx, and the planner's next pass over the
+//!   store (or the same PUT again) repairs it (the document write is skipped when it already holds the value). A
+//!   policy is stored with the escrow, and the planner keeps the escrow following on-hand ([`follow_policies`]). Growing escrow takes effect at the hub at
 //!   once and at a till when its next CRDT sync brings it; shrinking it below what active reservations hold is
 //!   refused (409 `escrow_below_reserved`).
 //! - **Reservations** are made only against *unreserved escrow*, never against on-hand stock: units a till may
@@ -22,12 +23,16 @@
 //!   notification of new events) it applies the tills' actions (1); once a second it makes a full pass (1-4):
 //!   1. applies what tills journaled (picked, cancelled, a sale collecting it) exactly once, by a cursor over the
 //!      stored events moved in the same transaction ([`ReservationStore::consume_till_events`]);
-//!   2. expires reservations not collected by `pickup_by` (releasing their units);
+//!   2. at `pickup_by`, expires the reservations still active (releasing their units), or under
+//!      [`ExpiryPolicy::Reroute`] moves one not yet picked to the next store of its list with a new pickup time;
 //!   3. re-plans a store that sold held stock: when a store's on-hand (the hub's copy of its document) no longer
 //!      covers its active reservations of a SKU, the newest `reserved` ones (never a `picked` one: those goods are
 //!      set aside) are rerouted to the next store of their list that can hold them, or cancelled with a reason;
-//!   4. brings the holds in the documents of the stores it touched (and, every minute, of every store with active
-//!      reservations) up to the reservations. A hold write that fails is retried on the next pass.
+//!   4. brings the documents of the stores it touched, and of those a new reservation or a head-office cancel
+//!      named ([`AppState::holds_due`]: so a reservation's answer waits for one commit, not two, and one document
+//!      write carries every reservation made meanwhile), and every minute of every store with active
+//!      reservations, up to the tables: escrow levels and holds. A write that fails is retried on the next pass;
+//!   5. every `policy_every` full passes, moves each policy escrow with its store's on-hand.
 //!
 //!   Every state change it makes is one storage transaction, so several hub instances running it at once at
 //!   worst find a change already made.
@@ -44,29 +49,43 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 use storesync_shared::crdt;
 use storesync_shared::event::{MAX_QTY, MAX_TEXT_CHARS, check_sku, parse_timestamp};
-use storesync_shared::reservation::{ReservedLine, check_lines, check_order_id};
+use storesync_shared::reservation::{ReservationStatus, ReservedLine, check_lines, check_order_id};
 use storesync_shared::wire::ErrorBody;
 use tracing::{error, info};
 use utoipa::ToSchema;
 use uuid::Uuid;
 
 use crate::api::{AdminAuth, ApiError, AppState, JsonBody};
-use crate::storage::reservations::{Change, NewReservation, Reservation, ReservationError, ReservationStore, Reserved};
+use crate::storage::reservations::{
+    Change, NewReservation, PolicyEscrow, Reservation, ReservationError, ReservationStore, Reserved,
+};
 
 /// The most stores one reservation may list.
 pub const MAX_STORES: usize = 50;
 
-/// Opens the reservation store of the hub's database.
+/// Opens the reservation store of the hub's database: the database the rest of the hub's storage is in, so the
+/// escrow invariant is checked where every instance sees it.
 ///
-/// The SQLite backend only, for now: escrow and reservations live in `<data-dir>/hub.db` beside everything else
-/// (a second handle on the same file; every write is `BEGIN IMMEDIATE`, so the two handles serialise in SQLite).
-/// A hub configured for PostgreSQL has none (`None`: the endpoints answer 503 `reservations_unavailable`) until
-/// `postgres_reservations.rs` exists: a `hub.db` per instance would split the escrow invariant between instances.
+/// - SQLite: `<data-dir>/hub.db`, a second handle on the same file (every write is `BEGIN IMMEDIATE`, so the two
+///   handles serialise in SQLite).
+/// - PostgreSQL (`config.database`): a [`crate::storage::postgres::PostgresStorage`] on the same database, with a
+///   pool of its own of at most 4 connections (fewer when the hub is configured with fewer). Reservation calls are
+///   short transactions from admin requests and the one planner task, and writes against one store's escrow wait
+///   for each other on its rows anyway, so more connections would add no throughput; they would only take from
+///   the database's `max_connections`, shared by every instance. Opening it runs the migrations again, which
+///   finds nothing to do.
 pub fn open_store(config: &crate::Config) -> anyhow::Result<Option<Arc<dyn ReservationStore>>> {
-    if config.database.is_some() {
-        return Ok(None);
-    }
-    Ok(Some(Arc::new(crate::open_storage(&config.data_dir)?)))
+    let Some(pg) = &config.database else {
+        return Ok(Some(Arc::new(crate::open_storage(&config.data_dir)?)));
+    };
+    let settings = crate::storage::postgres::PgSettings { url: pg.url.clone(), pool_size: pg.pool_size.clamp(1, 4) };
+    let store = crate::storage::postgres::PostgresStorage::open(&settings).map_err(|e| {
+        anyhow::anyhow!(e).context(format!(
+            "opening the PostgreSQL database {} for reservations",
+            crate::storage::postgres::redact_url(&pg.url)
+        ))
+    })?;
+    Ok(Some(Arc::new(store)))
 }
 
 /// The reservation routes (see [`crate::openapi`] for how a route is added).
@@ -124,23 +143,7 @@ pub(crate) async fn store_call<T: Send + 'static>(
     }
 }
 
-/// A share of on-hand to hold back: `qty = clamp(on_hand × share_pct / 100, floor, cap)`, rounded down.
-#[derive(Debug, Clone, Copy, Deserialize, Serialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct EscrowPolicy {
-    /// 0 to 100.
-    pub share_pct: i64,
-    #[serde(default)]
-    pub floor: i64,
-    pub cap: i64,
-}
-
-impl EscrowPolicy {
-    /// The escrow this policy gives at `on_hand` (negative stock holds back the floor).
-    pub fn qty(&self, on_hand: i64) -> i64 {
-        (on_hand.max(0).saturating_mul(self.share_pct) / 100).clamp(self.floor, self.cap)
-    }
-}
+pub use crate::storage::reservations::EscrowPolicy;
 
 /// `PUT /v1/admin/escrow`.
 #[derive(Debug, Deserialize, ToSchema)]
@@ -220,7 +223,8 @@ async fn admin_put_escrow(
         (None, None) => return Err(invalid("invalid_qty", "give exactly one of qty and policy")),
     };
     let (s, sku) = (store.clone(), req.sku.clone());
-    let level = store_call(&state, move |r| r.escrow_set(&s, &sku, qty, now)).await?;
+    let policy = req.policy;
+    let level = store_call(&state, move |r| r.escrow_set(&s, &sku, qty, policy.as_ref(), now)).await?;
     let (s, sku) = (store.clone(), req.sku.clone());
     state.docs(move |d| d.set_escrow(&s, &[(sku, qty)], now)).await?;
     info!(store_id = %store, sku = %req.sku, escrow = qty, "escrow set");
@@ -289,8 +293,9 @@ async fn admin_post_reservation(
     let order = r.order_id.clone();
     let (status, made) = match store_call(&state, move |s| s.reserve(&r, now)).await? {
         Reserved::Created(made) => {
-            state.outbox_wake().notify_waiters();
-            sync_holds_logged(&state, vec![made.store.clone()]).await;
+            // The till learns of it through the store document, which the planner writes next (one document write
+            // for every reservation made meanwhile, off this request's path; the reservation is committed).
+            state.holds_due(made.store.clone());
             (StatusCode::CREATED, made)
         }
         Reserved::Existing(made) => (StatusCode::OK, made),
@@ -369,8 +374,7 @@ async fn admin_cancel_reservation(
     let now = state.now();
     let change = Change::Cancelled { reason: req.reason };
     let r = store_call(&state, move |s| s.change(id, &change, now)).await?;
-    state.outbox_wake().notify_waiters();
-    sync_holds_logged(&state, vec![r.store.clone()]).await;
+    state.holds_due(r.store.clone());
     Ok(Json(r))
 }
 
@@ -385,33 +389,36 @@ fn hold_of(r: &Reservation) -> crdt::Hold {
     }
 }
 
-/// Makes the holds of each of `stores`' documents match its active reservations; answers the stores that failed.
+/// Makes each of `stores`' documents carry what the reservation tables say: its escrow levels and, as holds, its
+/// active reservations. The tables are the authority and are written first (each change in one transaction); the
+/// documents follow here, so a hub that stopped between the two (or a document write that failed) is repaired by
+/// the next pass that touches the store, and by the planner's periodic pass over every store with reservations.
+/// Writes nothing where the document already agrees. Answers the stores that failed.
 pub async fn sync_holds(state: &AppState, stores: Vec<String>) -> Vec<String> {
     let mut failed = Vec::new();
     for store in stores {
         let s = store.clone();
-        let active = match store_call(state, move |r| Ok(r.active(Some(&s))?)).await {
-            Ok(a) => a,
-            Err(_) => {
-                failed.push(store);
-                continue;
-            }
+        let tables = store_call(state, move |r| Ok((r.active(Some(&s))?, r.escrow_levels(&s)?))).await;
+        let Ok((active, levels)) = tables else {
+            failed.push(store);
+            continue;
         };
         let want: Vec<crdt::Hold> = active.iter().map(hold_of).collect();
+        let escrow: Vec<(String, i64)> = levels.into_iter().map(|(sku, l)| (sku, l.escrow)).collect();
         let (s, now) = (store.clone(), state.now());
-        match state.docs(move |d| d.set_holds(&s, &want, now)).await {
+        let wrote = state
+            .docs(move |d| {
+                d.set_escrow(&s, &escrow, now)?;
+                d.set_holds(&s, &want, now)
+            })
+            .await;
+        match wrote {
             Ok(_) => {}
             Err(e) if e.code() == "unknown_store" => {} // no till yet: nothing to carry it to
             Err(_) => failed.push(store),
         }
     }
     failed
-}
-
-async fn sync_holds_logged(state: &AppState, stores: Vec<String>) {
-    for store in sync_holds(state, stores).await {
-        tracing::warn!(store_id = %store, "the store document's holds were not updated; the planner retries");
-    }
 }
 
 /// The planner's settings.
@@ -423,11 +430,55 @@ pub struct PlannerSettings {
     pub full_every: u32,
     /// Till events applied per transaction.
     pub batch: usize,
+    /// Recompute the escrows set by a policy from on-hand every this many full passes.
+    pub policy_every: u32,
+    /// What happens to a reservation not picked by its `pickup_by`.
+    pub on_expiry: ExpiryPolicy,
 }
 
 impl Default for PlannerSettings {
     fn default() -> Self {
-        PlannerSettings { interval: std::time::Duration::from_secs(1), full_every: 60, batch: 500 }
+        PlannerSettings {
+            interval: std::time::Duration::from_secs(1),
+            full_every: 60,
+            batch: 500,
+            policy_every: 10,
+            on_expiry: ExpiryPolicy::Release,
+        }
+    }
+}
+
+/// What the planner does with a reservation still active at its `pickup_by`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum ExpiryPolicy {
+    /// Expire it and release its units (`reservation_expired`), picked or not.
+    #[default]
+    Release,
+    /// One the store has not picked moves to the next store of its list that can hold it
+    /// (`reservation_rerouted`), with a new `pickup_by` as far after now as the original was after the order
+    /// (at least an hour); when no store can, it expires. One that was picked (the customer did not come)
+    /// expires.
+    Reroute,
+}
+
+/// The least time a reservation rerouted at expiry gets to be picked at its new store.
+const MIN_REROUTE_WINDOW_S: i64 = 3600;
+
+/// What the planner asks of `r`, active past its `pickup_by` at `now`, under `policy`.
+pub fn expiry_change(r: &Reservation, policy: ExpiryPolicy, now: i64) -> Change {
+    if policy == ExpiryPolicy::Release || r.status != ReservationStatus::Reserved {
+        return Change::Expired;
+    }
+    // The window it was given at its store: from the order (or its last move) to its pickup time.
+    let due = parse_timestamp(&r.pickup_by).map_or(now, |t| t.unix_timestamp());
+    let window = due.saturating_sub(r.updated_at).max(MIN_REROUTE_WINDOW_S);
+    match time::OffsetDateTime::from_unix_timestamp(now.saturating_add(window)) {
+        Ok(t) => Change::Reroute {
+            reason: format!("not picked at {} by {}", r.store, r.pickup_by),
+            pickup_by: Some(crdt::normalize_instant(t)),
+        },
+        Err(_) => Change::Expired,
     }
 }
 
@@ -458,7 +509,7 @@ pub fn short_reservations(active: &[Reservation], on_hand: impl Fn(&str) -> i64)
                 break;
             }
             let Some(q) = r.lines.get(sku) else { continue };
-            if r.status != storesync_shared::reservation::ReservationStatus::Reserved {
+            if r.status != ReservationStatus::Reserved {
                 continue;
             }
             if !out.contains(&r.reservation_id) {
@@ -501,39 +552,31 @@ pub async fn plan_once(
     let mut by_store: BTreeMap<String, Vec<Reservation>> = BTreeMap::new();
     for r in active {
         if r.pickup_by.as_str() < now_key.as_str() {
-            let id = r.reservation_id;
-            if store_call(state, move |s| s.change(id, &Change::Expired, now)).await.is_ok() {
-                pass.expired += 1;
-                touched.insert(r.store.clone());
+            let (id, from) = (r.reservation_id, r.store.clone());
+            let change = expiry_change(&r, settings.on_expiry, now);
+            let after = store_call(state, move |s| s.change(id, &change, now)).await;
+            match after {
+                Ok(after) if after.store != from => {
+                    pass.rerouted += 1;
+                    touched.insert(after.store);
+                }
+                Ok(_) => pass.expired += 1,
+                Err(_) => {}
             }
+            touched.insert(from);
             continue;
         }
         by_store.entry(r.store.clone()).or_default().push(r);
     }
     for (store, active) in by_store {
-        let skus: Vec<String> = active.iter().flat_map(|r| r.lines.keys().cloned()).collect();
-        let s = store.clone();
-        let stock = state
-            .docs(move |d| {
-                d.read(&s, |doc, _| {
-                    let st = crdt::root_map(doc, crdt::STOCK);
-                    skus.iter()
-                        .map(|k| (k.clone(), st.as_ref().map_or(0, |st| crdt::on_hand(doc, st, k, None))))
-                        .collect::<BTreeMap<String, i64>>()
-                })
-            })
-            .await;
-        let stock = match stock {
-            Ok(s) => s,
-            Err(e) if e.code() == "unknown_store" => BTreeMap::new(),
-            Err(e) => return Err(e),
-        };
+        let skus: BTreeSet<String> = active.iter().flat_map(|r| r.lines.keys().cloned()).collect();
+        let stock = on_hand_of(state, &store, skus).await?;
         for id in short_reservations(&active, |sku| stock.get(sku).copied().unwrap_or(0)) {
             let reason = format!("{store} sold units held for this order");
-            let r = store_call(state, move |s| s.change(id, &Change::Reroute { reason }, now)).await?;
+            let r = store_call(state, move |s| s.change(id, &Change::Reroute { reason, pickup_by: None }, now)).await?;
             touched.insert(store.clone());
             touched.insert(r.store.clone());
-            if r.status == storesync_shared::reservation::ReservationStatus::Cancelled {
+            if r.status == ReservationStatus::Cancelled {
                 pass.cancelled += 1;
             } else {
                 pass.rerouted += 1;
@@ -553,6 +596,54 @@ pub async fn plan_once(
     Ok(pass)
 }
 
+/// A store's on-hand of `skus` as the hub sees it (its copy of the store document); none for a store without one.
+async fn on_hand_of(state: &AppState, store: &str, skus: BTreeSet<String>) -> Result<BTreeMap<String, i64>, ApiError> {
+    let s = store.to_owned();
+    let stock = state
+        .docs(move |d| {
+            d.read(&s, |doc, _| {
+                let st = crdt::root_map(doc, crdt::STOCK);
+                skus.iter()
+                    .map(|k| (k.clone(), st.as_ref().map_or(0, |st| crdt::on_hand(doc, st, k, None))))
+                    .collect::<BTreeMap<String, i64>>()
+            })
+        })
+        .await;
+    match stock {
+        Ok(s) => Ok(s),
+        Err(e) if e.code() == "unknown_store" => Ok(BTreeMap::new()),
+        Err(e) => Err(e),
+    }
+}
+
+/// Moves every escrow set by a policy to what its policy gives at the store's on-hand now, never below what
+/// active reservations hold ([`ReservationStore::escrow_follow`]). `touched` collects the stores whose escrow
+/// moved (their documents must carry it). Answers how many escrows moved.
+pub async fn follow_policies(state: &AppState, touched: &mut BTreeSet<String>) -> Result<usize, ApiError> {
+    let all = store_call(state, |r| Ok(r.escrow_policies()?)).await?;
+    let mut by_store: BTreeMap<String, Vec<PolicyEscrow>> = BTreeMap::new();
+    for p in all {
+        by_store.entry(p.store.clone()).or_default().push(p);
+    }
+    let (now, mut moved) = (state.now(), 0);
+    for (store, list) in by_store {
+        let stock = on_hand_of(state, &store, list.iter().map(|p| p.sku.clone()).collect()).await?;
+        for p in list {
+            let want = p.policy.qty(stock.get(&p.sku).copied().unwrap_or(0));
+            if want.max(p.level.reserved) == p.level.escrow {
+                continue;
+            }
+            let (s, sku, policy) = (store.clone(), p.sku.clone(), p.policy);
+            if store_call(state, move |r| Ok(r.escrow_follow(&s, &sku, &policy, want, now)?)).await?.is_some() {
+                moved += 1;
+                touched.insert(store.clone());
+                info!(store_id = %store, sku = %p.sku, escrow = want.max(p.level.reserved), "escrow follows on-hand");
+            }
+        }
+    }
+    Ok(moved)
+}
+
 /// The planner: runs [`plan_once`] every `interval` and after every upload, until `shutdown`.
 pub async fn run(state: AppState, settings: PlannerSettings, shutdown: tokio_util::sync::CancellationToken) {
     if state.reservation_store().is_none() {
@@ -562,6 +653,7 @@ pub async fn run(state: AppState, settings: PlannerSettings, shutdown: tokio_uti
     let mut passes: u32 = 0;
     let mut next_full = tokio::time::Instant::now();
     loop {
+        touched.extend(state.take_holds_due());
         let full = tokio::time::Instant::now() >= next_full;
         if full {
             next_full = tokio::time::Instant::now() + settings.interval;
@@ -570,6 +662,12 @@ pub async fn run(state: AppState, settings: PlannerSettings, shutdown: tokio_uti
             tracing::warn!(error = e.code(), "reservation planner pass failed; retrying");
         }
         passes = passes.wrapping_add(u32::from(full));
+        if full
+            && passes.is_multiple_of(settings.policy_every.max(1))
+            && let Err(e) = follow_policies(&state, &mut touched).await
+        {
+            tracing::warn!(error = e.code(), "escrow policies not followed this pass; retrying");
+        }
         if full
             && passes.is_multiple_of(settings.full_every.max(1))
             && let Ok(all) = store_call(&state, |r| Ok(r.active(None)?)).await
@@ -627,6 +725,29 @@ mod tests {
         check(2, 3, &[3, 1]);
         check(0, 0, &[3, 1, 4]);
         check(4, 2, &[4]);
+    }
+
+    #[test]
+    fn at_pickup_time_a_waiting_order_moves_on_by_policy_and_a_picked_one_expires() {
+        use storesync_shared::reservation::ReservationStatus::{Picked, Reserved};
+        // Ordered at 2027-01-01T00:00:00Z (updated_at) for pickup 6 hours later.
+        let mut r = reservation(1, Reserved, &[("A", 1)]);
+        r.updated_at = 1_798_761_600;
+        r.pickup_by = "2027-01-01T06:00:00Z".into();
+        let now = 1_798_761_600 + 7 * 3600;
+        assert_eq!(expiry_change(&r, ExpiryPolicy::Release, now), Change::Expired);
+        let Change::Reroute { reason, pickup_by } = expiry_change(&r, ExpiryPolicy::Reroute, now) else {
+            panic!("a waiting order is rerouted");
+        };
+        assert_eq!(pickup_by.as_deref(), Some("2027-01-01T13:00:00Z"), "the same 6-hour window from now");
+        assert!(reason.starts_with("not picked at S1"), "{reason}");
+        // A window shorter than an hour gets an hour.
+        r.pickup_by = "2027-01-01T00:10:00Z".into();
+        let Change::Reroute { pickup_by, .. } = expiry_change(&r, ExpiryPolicy::Reroute, now) else { panic!() };
+        assert_eq!(pickup_by.as_deref(), Some("2027-01-01T08:00:00Z"));
+        // Picked: the goods wait at the counter and the customer did not come.
+        let picked = reservation(2, Picked, &[("A", 1)]);
+        assert_eq!(expiry_change(&picked, ExpiryPolicy::Reroute, now), Change::Expired);
     }
 
     #[test]

@@ -139,14 +139,29 @@ async fn sync(state: &AppState, storage: &SqliteStorage, t: &mut Till) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_stores_never_promise_beyond_escrow_and_tie_out() {
+    simulate(ExpiryPolicy::Release, 0x5EED_0011).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_same_with_reroute_at_pickup_time_and_a_policy_escrow() {
+    simulate(ExpiryPolicy::Reroute, 0x5EED_0014).await;
+}
+
+/// S3's escrow of B follows a policy (its other escrows are fixed).
+const POLICY: EscrowPolicy = EscrowPolicy { share_pct: 30, floor: 1, cap: 5 };
+
+async fn simulate(on_expiry: ExpiryPolicy, seed: u64) {
     let dir = tempfile::tempdir().unwrap();
     let storage = Arc::new(SqliteStorage::open(&dir.path().join("hub.db")).unwrap());
     let clock = Arc::new(crate::ManualClock::new(START));
     let state = AppState::new(storage.clone(), "token".into(), clock.clone(), crate::EnrollLimits::default())
         .with_reservations(Some(storage.clone()))
         .unwrap();
-    let settings = PlannerSettings { batch: 7, ..PlannerSettings::default() };
-    let mut rng = Rng(0x5EED_0011);
+    let settings = PlannerSettings { batch: 7, on_expiry, ..PlannerSettings::default() };
+    let mut rng = Rng(seed);
+    // Pickup windows, in hours (from, choices): short ones when rerouting at pickup time, so that some orders
+    // reach it while still waiting to be picked.
+    let hours = if on_expiry == ExpiryPolicy::Reroute { (1, 2) } else { (2, 8) };
     // receipts − walk-in sales − collected, per (store, sku), as the simulation made them.
     let mut expected: BTreeMap<(String, String), i64> = BTreeMap::new();
     let mut tills: Vec<Till> = Vec::new();
@@ -164,7 +179,8 @@ async fn three_stores_never_promise_beyond_escrow_and_tie_out() {
         let s = store.to_owned();
         state.docs(move |d| d.add_movements(&s, &moves, START)).await.unwrap();
         for sku in SKUS {
-            storage.escrow_set(store, sku, ESCROW, START).unwrap();
+            let policy = (store == "S3" && sku == "B").then_some(&POLICY);
+            storage.escrow_set(store, sku, ESCROW, policy, START).unwrap();
             expected.insert((store.into(), sku.into()), INITIAL);
         }
         let (s, escrow) = (store.to_owned(), SKUS.iter().map(|k| ((*k).to_owned(), ESCROW)).collect::<Vec<_>>());
@@ -198,9 +214,14 @@ async fn three_stores_never_promise_beyond_escrow_and_tie_out() {
                 }
                 stores.truncate(1 + rng.below(3));
                 let pickup_by = crdt::normalize_instant(
-                    time::OffsetDateTime::from_unix_timestamp(clock.now() + 3600 * (2 + rng.below(8) as i64)).unwrap(),
+                    time::OffsetDateTime::from_unix_timestamp(
+                        clock.now() + 3600 * (hours.0 + rng.below(hours.1) as i64),
+                    )
+                    .unwrap(),
                 );
-                let r = NewReservation { id: Uuid::new_v4(), order_id: format!("W-{step}"), lines, stores, pickup_by };
+                // An id from the walk's generator: ties in `active` (same second) break the same way every run.
+                let id = Uuid::from_u64_pair(rng.next(), rng.next());
+                let r = NewReservation { id, order_id: format!("W-{step}"), lines, stores, pickup_by };
                 match storage.reserve(&r, clock.now()).unwrap() {
                     Reserved::Created(made) => {
                         orders.push(made.reservation_id);
@@ -260,17 +281,20 @@ async fn three_stores_never_promise_beyond_escrow_and_tie_out() {
             sync(&state, &storage, t).await;
         }
         plan_once(&state, &settings, &mut touched, true).await.unwrap();
+        follow_policies(&state, &mut touched).await.unwrap();
         let stores: Vec<String> = std::mem::take(&mut touched).into_iter().collect();
         assert!(sync_holds(&state, stores).await.is_empty());
         check_always(&storage, &orders, step);
+        check_documents(&state, &tills).await;
     }
     // Everyone back, time past every pickup.
     for t in tills.iter_mut() {
         t.online = true;
         sync(&state, &storage, t).await;
     }
-    clock.advance(1000 * 3600);
-    for _ in 0..2 {
+    // A reservation rerouted at its pickup time gets a new one, at most once per store of its list.
+    for _ in 0..=STORES.len() {
+        clock.advance(1000 * 3600);
         plan_once(&state, &settings, &mut touched, true).await.unwrap();
         let stores: Vec<String> = std::mem::take(&mut touched).into_iter().collect();
         assert!(sync_holds(&state, stores).await.is_empty());
@@ -306,11 +330,44 @@ async fn three_stores_never_promise_beyond_escrow_and_tie_out() {
         }
         assert!(tills[i].holds().is_empty(), "{store}'s till still shows holds");
     }
-    println!("simulation: {counts:?}; ends: {ends:?}");
+    println!("simulation ({on_expiry:?} at pickup time): {counts:?}; ends: {ends:?}");
     // The walk covered what the issue asks for.
     assert!(ends.keys().any(|k| k.starts_with("rerouted")), "{ends:?}");
+    let at_expiry = orders
+        .iter()
+        .filter(|id| {
+            let r = storage.reservation(**id).unwrap().unwrap();
+            r.history.iter().any(|h| {
+                h.change == ReservationChange::Rerouted
+                    && h.reason.as_deref().is_some_and(|w| w.starts_with("not picked at"))
+            })
+        })
+        .count();
+    println!("rerouted at pickup time: {at_expiry}");
+    assert_eq!(at_expiry > 0, on_expiry == ExpiryPolicy::Reroute, "reroutes at pickup time: {at_expiry}");
     for end in ["collected", "cancelled", "expired"] {
         assert!(ends.keys().any(|k| k.ends_with(end)), "no reservation ended {end}: {ends:?}");
+    }
+}
+
+/// What the tills must learn from the hub's documents: each store's document carries the escrow levels the hub's
+/// tables hold (a policy escrow as it moves), so a till's `held_for_online` check uses the current figure.
+async fn check_documents(state: &AppState, tills: &[Till]) {
+    for t in tills {
+        let store = t.id.store.clone();
+        let levels = state.reservation_store().unwrap().escrow_levels(&store).unwrap();
+        let in_doc = state
+            .docs(move |d| {
+                d.read(&store, |doc, _| {
+                    let obj = crdt::root_map(doc, crdt::ESCROW).unwrap();
+                    SKUS.iter().map(|k| ((*k).to_owned(), crdt::escrow_of(doc, &obj, k, None))).collect::<Vec<_>>()
+                })
+            })
+            .await
+            .unwrap();
+        for (sku, qty) in in_doc {
+            assert_eq!(qty, levels[&sku].escrow, "{} {sku}: the hub's document", t.id.store);
+        }
     }
 }
 

@@ -43,6 +43,7 @@ pub struct Server {
     delivery: crate::outbox::Delivery,
     /// The reservation planner's share of the state ([`crate::reservations::run`]).
     state: AppState,
+    planner: crate::reservations::PlannerSettings,
 }
 
 impl std::fmt::Debug for Server {
@@ -73,6 +74,7 @@ pub async fn bind(config: Config) -> anyhow::Result<Server> {
         grace: config.shutdown_grace,
         delivery,
         state,
+        planner: config.planner,
     })
 }
 
@@ -114,11 +116,7 @@ impl Server {
         let tracker = TaskTracker::new();
         info!(addr = %self.local_addr, tls = self.tls.is_some(), "hub listening");
         let delivery = tokio::spawn(crate::outbox::run(self.delivery.clone(), shutdown.clone()));
-        let planner = tokio::spawn(crate::reservations::run(
-            self.state.clone(),
-            crate::reservations::PlannerSettings::default(),
-            shutdown.clone(),
-        ));
+        let planner = tokio::spawn(crate::reservations::run(self.state.clone(), self.planner, shutdown.clone()));
         loop {
             let (stream, peer) = tokio::select! {
                 () = shutdown.cancelled() => break,

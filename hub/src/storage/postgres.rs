@@ -61,6 +61,10 @@ use super::{
 };
 use crate::rollout::{Stage, Transition};
 
+/// Escrow and reservations: their own file (`postgres_reservations.rs`), a child module so it shares the pool.
+#[path = "postgres_reservations.rs"]
+mod reservations;
+
 /// Connections per hub instance unless configured.
 pub const DEFAULT_POOL_SIZE: u32 = 16;
 /// How long a storage call waits for a pooled connection before it is answered [`StorageError::Busy`].
@@ -146,7 +150,10 @@ pub struct Migration {
 }
 
 /// Every migration this hub knows, oldest first. Append only: a released migration is never edited.
-pub const MIGRATIONS: &[Migration] = &[Migration { version: 1, name: "initial schema", sql: SCHEMA_V1 }];
+pub const MIGRATIONS: &[Migration] = &[
+    Migration { version: 1, name: "initial schema", sql: SCHEMA_V1 },
+    Migration { version: 2, name: "escrow and reservations", sql: reservations::SCHEMA_V2 },
+];
 
 const SCHEMA_V1: &str = r#"
 CREATE TABLE tills (
@@ -2186,7 +2193,7 @@ mod tests {
 
     /// The database of `STORESYNC_TEST_PG`. Without it the test is skipped and says so on stderr, unless
     /// `STORESYNC_REQUIRE_ALL=1` (CI), where it fails (as `storesync_tests::proc::require_tool` does for e2e tests).
-    fn test_pg() -> Option<String> {
+    pub(super) fn test_pg() -> Option<String> {
         if let Some(url) = std::env::var("STORESYNC_TEST_PG").ok().filter(|u| !u.trim().is_empty()) {
             return Some(url);
         }
@@ -2200,7 +2207,7 @@ mod tests {
     }
 
     /// One hub instance's storage on `schema`: a pool of its own.
-    fn instance(schema: &ScratchSchema, pool_size: u32) -> PostgresStorage {
+    pub(super) fn instance(schema: &ScratchSchema, pool_size: u32) -> PostgresStorage {
         PostgresStorage::open(&PgSettings { url: schema.url(), pool_size }).unwrap()
     }
 
@@ -2280,7 +2287,10 @@ mod tests {
     }
 
     /// Runs `f` until it is not refused as retryable (a real hub answers 503 and the till sends again).
-    fn retrying<T, E: std::fmt::Debug>(mut f: impl FnMut() -> Result<T, E>, retryable: impl Fn(&E) -> bool) -> T {
+    pub(super) fn retrying<T, E: std::fmt::Debug>(
+        mut f: impl FnMut() -> Result<T, E>,
+        retryable: impl Fn(&E) -> bool,
+    ) -> T {
         for _ in 0..1000 {
             match f() {
                 Ok(v) => return v,

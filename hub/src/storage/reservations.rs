@@ -91,10 +91,41 @@ pub enum Change {
         reason: String,
     },
     Expired,
-    /// Move it to the next store of its list that can cover it; cancel it with `reason` when none can.
+    /// Move it to the next store of its list that can cover it; cancel it with `reason` when none can. With
+    /// `pickup_by` (RFC 3339, UTC), the moved reservation gets that new pickup time (a reroute at expiry: the next
+    /// store needs time to pick it); when no store can hold it then, it expires instead of being cancelled.
     Reroute {
         reason: String,
+        pickup_by: Option<String>,
     },
+}
+
+/// A share of on-hand to hold back: `qty = clamp(on_hand × share_pct / 100, floor, cap)`, rounded down. Stored
+/// with the escrow, so the planner keeps the escrow following the store's on-hand.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize, Serialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct EscrowPolicy {
+    /// 0 to 100.
+    pub share_pct: i64,
+    #[serde(default)]
+    pub floor: i64,
+    pub cap: i64,
+}
+
+impl EscrowPolicy {
+    /// The escrow this policy gives at `on_hand` (negative stock holds back the floor).
+    pub fn qty(&self, on_hand: i64) -> i64 {
+        (on_hand.max(0).saturating_mul(self.share_pct) / 100).clamp(self.floor, self.cap)
+    }
+}
+
+/// An escrow set by a policy, as stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PolicyEscrow {
+    pub store: String,
+    pub sku: String,
+    pub policy: EscrowPolicy,
+    pub level: EscrowLevel,
 }
 
 /// A store's escrow of one SKU and what is reserved against it.
@@ -120,8 +151,32 @@ pub enum ReservationError {
 
 /// Escrow and reservations. Every method is one transaction.
 pub trait ReservationStore: Send + Sync + 'static {
-    /// Sets `store`'s escrow of `sku` to `qty`, unless active reservations hold more than `qty` of it.
-    fn escrow_set(&self, store: &str, sku: &str, qty: i64, now: i64) -> Result<EscrowLevel, ReservationError>;
+    /// Sets `store`'s escrow of `sku` to `qty`, unless active reservations hold more than `qty` of it. With
+    /// `policy`, records it, so that [`ReservationStore::escrow_follow`] moves the escrow with on-hand later;
+    /// without, a policy set before is dropped (the escrow stays at `qty`).
+    fn escrow_set(
+        &self,
+        store: &str,
+        sku: &str,
+        qty: i64,
+        policy: Option<&EscrowPolicy>,
+        now: i64,
+    ) -> Result<EscrowLevel, ReservationError>;
+
+    /// Every escrow set by a policy, by store and SKU.
+    fn escrow_policies(&self) -> Result<Vec<PolicyEscrow>, StorageError>;
+
+    /// Moves a policy escrow to `qty`, or to what active reservations hold when that is more (following on-hand
+    /// never breaks a promise), but only while `policy` is still the one stored (head office may have changed
+    /// it since it was read). Answers the new level, or `None` when the policy was replaced or removed.
+    fn escrow_follow(
+        &self,
+        store: &str,
+        sku: &str,
+        policy: &EscrowPolicy,
+        qty: i64,
+        now: i64,
+    ) -> Result<Option<EscrowLevel>, StorageError>;
 
     /// Every SKU of `store` with an escrow or a reservation.
     fn escrow_levels(&self, store: &str) -> Result<BTreeMap<String, EscrowLevel>, StorageError>;
@@ -154,6 +209,40 @@ pub struct Consumed {
     pub changed: Vec<Reservation>,
     /// Till events read (a full `limit` means more may wait).
     pub read: usize,
+}
+
+/// The canonical event body of one state change of `r` (as it is after the change) at `now`: its `occurred_at`
+/// and its canonical JSON, the same for every backend.
+pub(crate) fn event_body(
+    r: &Reservation,
+    change: ReservationChange,
+    from_store: Option<&str>,
+    reason: Option<&str>,
+    now: i64,
+) -> Result<(String, String), StorageError> {
+    let occurred_at = time::OffsetDateTime::from_unix_timestamp(now)
+        .map(storesync_shared::crdt::normalize_instant)
+        .map_err(|e| StorageError::Backend(Box::new(e)))?;
+    let body = storesync_shared::reservation::ReservationEvent {
+        schema: storesync_shared::event::SCHEMA_VERSION,
+        occurred_at: occurred_at.clone(),
+        change,
+        reservation_id: r.reservation_id,
+        order_id: r.order_id.clone(),
+        store: r.store.clone(),
+        from_store: from_store.map(str::to_owned),
+        lines: r
+            .lines
+            .iter()
+            .map(|(sku, qty)| storesync_shared::reservation::ReservedLine { sku: sku.clone(), qty: *qty })
+            .collect(),
+        pickup_by: r.pickup_by.clone(),
+        reason: reason.map(str::to_owned),
+    };
+    let value = serde_json::to_value(&body).map_err(|e| StorageError::Backend(e.into()))?;
+    let body =
+        String::from_utf8(storesync_shared::canonical_json(&value)).map_err(|e| StorageError::Backend(e.into()))?;
+    Ok((occurred_at, body))
 }
 
 /// The change a [`Change`] records when it applies as asked (a reroute may become a cancel).
@@ -227,8 +316,34 @@ pub(crate) mod conformance {
         escrow_never_shrinks_below_what_is_reserved(&fresh());
         changes_follow_the_state_machine_and_release_escrow(&fresh());
         reroute_moves_or_cancels(&fresh());
+        a_reroute_at_expiry_carries_the_new_pickup_time(&fresh());
+        a_policy_escrow_follows_on_hand_but_never_below_reserved(&fresh());
         every_change_enters_the_outbox_once_in_a_chain(&fresh());
         till_events_are_applied_once(&fresh());
+    }
+
+    /// A till's `reservation_pick` / `reservation_cancel` body.
+    pub(crate) fn conformance_act(id: Uuid, reason: Option<&str>) -> storesync_shared::event::TillReservationBody {
+        storesync_shared::event::TillReservationBody {
+            schema: 1,
+            occurred_at: "2026-11-27T10:00:00Z".into(),
+            reservation_id: id,
+            reason: reason.map(str::to_owned),
+        }
+    }
+
+    /// A till's sale of `qty` units of `A`, collecting reservation `id` when given.
+    pub(crate) fn conformance_sale(qty: i64, id: Option<Uuid>) -> storesync_shared::EventBody {
+        use storesync_shared::event::{Line, SaleBody, Tender};
+        storesync_shared::EventBody::Sale(SaleBody {
+            schema: 1,
+            occurred_at: "2026-11-27T10:00:00Z".into(),
+            currency: "EUR".into(),
+            lines: vec![Line { sku: "A".into(), qty, unit_price_minor: 100, discount_minor: 0 }],
+            payments: vec![Tender { method: "card".into(), amount_minor: qty * 100 }],
+            customer_id: None,
+            reservation_id: id,
+        })
     }
 
     /// A till's journal entry of `kind` with `body`, uploaded as seq `seq` (chained after `prev`).
@@ -261,7 +376,7 @@ pub(crate) mod conformance {
     }
 
     fn till_events_are_applied_once<S: Storage + ReservationStore>(s: &S) {
-        use storesync_shared::event::{EventBody, Line, SaleBody, Tender, TillReservationBody};
+        use storesync_shared::event::EventBody;
         let till = crate::storage::TillId { store: "S1".into(), till: "T1".into() };
         s.create_enrollment(&crate::storage::NewEnrollment {
             code_hash: "c".into(),
@@ -270,28 +385,12 @@ pub(crate) mod conformance {
             expires_at: NOW + 60,
         })
         .unwrap();
-        s.escrow_set("S1", "A", 5, NOW).unwrap();
+        s.escrow_set("S1", "A", 5, None, NOW).unwrap();
         let a = created(s.reserve(&order("W-1", &[("A", 2)], &["S1"]), NOW));
         let b = created(s.reserve(&order("W-2", &[("A", 1)], &["S1"]), NOW));
         let c = created(s.reserve(&order("W-3", &[("A", 1)], &["S1"]), NOW));
-        let at = "2026-11-27T10:00:00Z".to_owned();
-        let act = |id: Uuid, reason: Option<&str>| TillReservationBody {
-            schema: 1,
-            occurred_at: at.clone(),
-            reservation_id: id,
-            reason: reason.map(str::to_owned),
-        };
-        let sale = |id: Option<Uuid>| {
-            EventBody::Sale(SaleBody {
-                schema: 1,
-                occurred_at: at.clone(),
-                currency: "EUR".into(),
-                lines: vec![Line { sku: "A".into(), qty: 2, unit_price_minor: 100, discount_minor: 0 }],
-                payments: vec![Tender { method: "card".into(), amount_minor: 200 }],
-                customer_id: None,
-                reservation_id: id,
-            })
-        };
+        let act = |id: Uuid, reason: Option<&str>| conformance_act(id, reason);
+        let sale = |id: Option<Uuid>| conformance_sale(2, id);
         let bodies = vec![
             EventBody::ReservationPick(act(a.reservation_id, None)),
             sale(None),
@@ -332,11 +431,11 @@ pub(crate) mod conformance {
     }
 
     fn reserves_at_the_first_store_that_covers_every_line<S: Storage + ReservationStore>(s: &S) {
-        s.escrow_set("S1", "A", 1, NOW).unwrap();
-        s.escrow_set("S2", "A", 5, NOW).unwrap();
-        s.escrow_set("S2", "B", 1, NOW).unwrap();
-        s.escrow_set("S3", "A", 5, NOW).unwrap();
-        s.escrow_set("S3", "B", 5, NOW).unwrap();
+        s.escrow_set("S1", "A", 1, None, NOW).unwrap();
+        s.escrow_set("S2", "A", 5, None, NOW).unwrap();
+        s.escrow_set("S2", "B", 1, None, NOW).unwrap();
+        s.escrow_set("S3", "A", 5, None, NOW).unwrap();
+        s.escrow_set("S3", "B", 5, None, NOW).unwrap();
         // S1 lacks units of A, S2 lacks B: S3.
         let r = created(s.reserve(&order("W-1", &[("A", 2), ("B", 2)], &["S1", "S2", "S3"]), NOW));
         assert_eq!((r.store.as_str(), r.status), ("S3", ReservationStatus::Reserved));
@@ -351,7 +450,7 @@ pub(crate) mod conformance {
     }
 
     fn order_id_makes_reserving_idempotent<S: Storage + ReservationStore>(s: &S) {
-        s.escrow_set("S1", "A", 2, NOW).unwrap();
+        s.escrow_set("S1", "A", 2, None, NOW).unwrap();
         let first = order("W-1", &[("A", 2)], &["S1"]);
         let made = created(s.reserve(&first, NOW));
         let again = NewReservation { id: Uuid::new_v4(), ..first.clone() };
@@ -363,21 +462,24 @@ pub(crate) mod conformance {
     }
 
     fn escrow_never_shrinks_below_what_is_reserved<S: Storage + ReservationStore>(s: &S) {
-        s.escrow_set("S1", "A", 5, NOW).unwrap();
+        s.escrow_set("S1", "A", 5, None, NOW).unwrap();
         created(s.reserve(&order("W-1", &[("A", 3)], &["S1"]), NOW));
-        assert!(matches!(s.escrow_set("S1", "A", 2, NOW), Err(ReservationError::EscrowBelowReserved { reserved: 3 })));
+        assert!(matches!(
+            s.escrow_set("S1", "A", 2, None, NOW),
+            Err(ReservationError::EscrowBelowReserved { reserved: 3 })
+        ));
         assert_eq!(s.escrow_levels("S1").unwrap()["A"], EscrowLevel { escrow: 5, reserved: 3 }, "nothing written");
-        assert_eq!(s.escrow_set("S1", "A", 3, NOW).unwrap(), EscrowLevel { escrow: 3, reserved: 3 });
-        assert_eq!(s.escrow_set("S1", "A", 9, NOW).unwrap(), EscrowLevel { escrow: 9, reserved: 3 });
+        assert_eq!(s.escrow_set("S1", "A", 3, None, NOW).unwrap(), EscrowLevel { escrow: 3, reserved: 3 });
+        assert_eq!(s.escrow_set("S1", "A", 9, None, NOW).unwrap(), EscrowLevel { escrow: 9, reserved: 3 });
     }
 
     fn changes_follow_the_state_machine_and_release_escrow<S: Storage + ReservationStore>(s: &S) {
-        s.escrow_set("S1", "A", 4, NOW).unwrap();
+        s.escrow_set("S1", "A", 4, None, NOW).unwrap();
         let r = created(s.reserve(&order("W-1", &[("A", 4)], &["S1"]), NOW));
         let picked = s.change(r.reservation_id, &Change::Picked, NOW + 1).unwrap();
         assert_eq!(picked.status, ReservationStatus::Picked);
         assert!(matches!(
-            s.change(r.reservation_id, &Change::Reroute { reason: "x".into() }, NOW),
+            s.change(r.reservation_id, &Change::Reroute { reason: "x".into(), pickup_by: None }, NOW),
             Err(ReservationError::Finished { .. })
         ));
         let done = s.change(r.reservation_id, &Change::Collected, NOW + 2).unwrap();
@@ -402,20 +504,71 @@ pub(crate) mod conformance {
         assert!(s.active(None).unwrap().is_empty());
     }
 
+    fn a_reroute_at_expiry_carries_the_new_pickup_time<S: Storage + ReservationStore>(s: &S) {
+        for store in ["S1", "S2"] {
+            s.escrow_set(store, "A", 1, None, NOW).unwrap();
+        }
+        let r = created(s.reserve(&order("W-1", &[("A", 1)], &["S1", "S2"]), NOW));
+        let later = "2027-01-16T18:00:00Z".to_owned();
+        let change = Change::Reroute { reason: "not picked at S1".into(), pickup_by: Some(later.clone()) };
+        let moved = s.change(r.reservation_id, &change, NOW + 1).unwrap();
+        assert_eq!((moved.store.as_str(), moved.pickup_by.as_str()), ("S2", later.as_str()));
+        assert_eq!(s.reservation(r.reservation_id).unwrap().unwrap().pickup_by, later, "stored");
+        let event = s
+            .outbox_after(&all_events(), 0, 100)
+            .unwrap()
+            .into_iter()
+            .rfind(|e| e.event.kind == "reservation_rerouted")
+            .unwrap();
+        let body: serde_json::Value = serde_json::from_str(&event.event.body).unwrap();
+        assert_eq!(body["pickup_by"], later.as_str(), "ERP and CRM hear the new pickup time");
+        // No store after S2: at expiry that is an expiry, not a cancellation.
+        let change = Change::Reroute { reason: "not picked at S2".into(), pickup_by: Some(later) };
+        let gone = s.change(r.reservation_id, &change, NOW + 2).unwrap();
+        assert_eq!((gone.store.as_str(), gone.status), ("S2", ReservationStatus::Expired));
+        assert_eq!(s.escrow_levels("S2").unwrap()["A"].reserved, 0);
+    }
+
+    fn a_policy_escrow_follows_on_hand_but_never_below_reserved<S: Storage + ReservationStore>(s: &S) {
+        let p = EscrowPolicy { share_pct: 50, floor: 1, cap: 10 };
+        assert_eq!(s.escrow_set("S1", "A", 4, Some(&p), NOW).unwrap(), EscrowLevel { escrow: 4, reserved: 0 });
+        s.escrow_set("S1", "B", 2, None, NOW).unwrap();
+        let listed = s.escrow_policies().unwrap();
+        assert_eq!(listed.len(), 1, "fixed escrows have no policy: {listed:?}");
+        assert_eq!((listed[0].store.as_str(), listed[0].sku.as_str(), listed[0].policy), ("S1", "A", p));
+        created(s.reserve(&order("W-1", &[("A", 3)], &["S1"]), NOW));
+        // On-hand fell: the policy asks for 1, but 3 are promised.
+        assert_eq!(s.escrow_follow("S1", "A", &p, 1, NOW + 1).unwrap(), Some(EscrowLevel { escrow: 3, reserved: 3 }));
+        assert_eq!(s.escrow_follow("S1", "A", &p, 7, NOW + 2).unwrap(), Some(EscrowLevel { escrow: 7, reserved: 3 }));
+        assert_eq!(s.escrow_levels("S1").unwrap()["A"].escrow, 7);
+        // Another policy, then a fixed quantity: a follow computed from the old policy changes nothing.
+        let q = EscrowPolicy { share_pct: 10, ..p };
+        s.escrow_set("S1", "A", 5, Some(&q), NOW + 3).unwrap();
+        assert_eq!(s.escrow_follow("S1", "A", &p, 9, NOW + 4).unwrap(), None);
+        s.escrow_set("S1", "A", 6, None, NOW + 5).unwrap();
+        assert_eq!(s.escrow_follow("S1", "A", &q, 9, NOW + 6).unwrap(), None);
+        assert!(s.escrow_policies().unwrap().is_empty());
+        assert_eq!(s.escrow_levels("S1").unwrap()["A"].escrow, 6);
+    }
+
     fn reroute_moves_or_cancels<S: Storage + ReservationStore>(s: &S) {
         for (store, qty) in [("S1", 2), ("S2", 0), ("S3", 2)] {
-            s.escrow_set(store, "A", qty, NOW).unwrap();
+            s.escrow_set(store, "A", qty, None, NOW).unwrap();
         }
         let r = created(s.reserve(&order("W-1", &[("A", 2)], &["S1", "S2", "S3"]), NOW));
         assert_eq!(r.store, "S1");
         // S2 cannot cover it: on to S3.
-        let moved = s.change(r.reservation_id, &Change::Reroute { reason: "sold in store".into() }, NOW + 1).unwrap();
+        let moved = s
+            .change(r.reservation_id, &Change::Reroute { reason: "sold in store".into(), pickup_by: None }, NOW + 1)
+            .unwrap();
         assert_eq!((moved.store.as_str(), moved.status), ("S3", ReservationStatus::Reserved));
         assert_eq!(s.escrow_levels("S1").unwrap()["A"].reserved, 0);
         assert_eq!(s.escrow_levels("S3").unwrap()["A"].reserved, 2);
         assert_eq!(s.active(Some("S3")).unwrap().len(), 1);
         // No store after S3: cancelled, with the reason.
-        let gone = s.change(r.reservation_id, &Change::Reroute { reason: "damaged".into() }, NOW + 2).unwrap();
+        let gone = s
+            .change(r.reservation_id, &Change::Reroute { reason: "damaged".into(), pickup_by: None }, NOW + 2)
+            .unwrap();
         assert_eq!(gone.status, ReservationStatus::Cancelled);
         assert!(gone.history.last().unwrap().reason.as_deref().unwrap().contains("damaged"));
         assert_eq!(s.escrow_levels("S3").unwrap()["A"].reserved, 0);
@@ -424,8 +577,8 @@ pub(crate) mod conformance {
     }
 
     fn every_change_enters_the_outbox_once_in_a_chain<S: Storage + ReservationStore>(s: &S) {
-        s.escrow_set("S1", "A", 3, NOW).unwrap();
-        s.escrow_set("S2", "A", 3, NOW).unwrap();
+        s.escrow_set("S1", "A", 3, None, NOW).unwrap();
+        s.escrow_set("S2", "A", 3, None, NOW).unwrap();
         let a = created(s.reserve(&order("W-1", &[("A", 1)], &["S1"]), NOW));
         let b = created(s.reserve(&order("W-2", &[("A", 1)], &["S2"]), NOW));
         s.change(a.reservation_id, &Change::Picked, NOW).unwrap();

@@ -8,14 +8,14 @@ use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 use storesync_shared::canonical::{ChainInput, event_hash};
 use storesync_shared::event::EventKind;
 use storesync_shared::genesis_hash;
-use storesync_shared::reservation::{ReservationChange, ReservationEvent, ReservationStatus, ReservedLine};
+use storesync_shared::reservation::{ReservationChange, ReservationStatus};
 use uuid::Uuid;
 
 use super::{SqliteStorage, lock, to_i64, to_u64};
 use crate::storage::StorageError;
 use crate::storage::reservations::{
-    Change, Consumed, EscrowLevel, HUB_TILL, HistoryEntry, NewReservation, Reservation, ReservationError,
-    ReservationStore, Reserved, change_kind,
+    Change, Consumed, EscrowLevel, EscrowPolicy, HUB_TILL, HistoryEntry, NewReservation, PolicyEscrow, Reservation,
+    ReservationError, ReservationStore, Reserved, change_kind, event_body,
 };
 
 /// The tables, created by `SqliteStorage::open`.
@@ -25,6 +25,10 @@ CREATE TABLE IF NOT EXISTS escrow (
     sku TEXT NOT NULL,
     qty INTEGER NOT NULL,
     updated_at INTEGER NOT NULL,
+    -- The policy that set it, when one did (all three or none).
+    share_pct INTEGER,
+    floor INTEGER,
+    cap INTEGER,
     PRIMARY KEY (store, sku)
 );
 CREATE TABLE IF NOT EXISTS reservations (
@@ -155,9 +159,8 @@ fn read(conn: &Connection, id: &str) -> rusqlite::Result<Option<Reservation>> {
 /// Writes one state change: the history row, the event in the store's [`HUB_TILL`] chain, and its outbox row.
 /// Runs inside the caller's transaction.
 ///
-/// For the PostgreSQL backend: the same three inserts, in the transaction that changed the reservation; the chain
-/// head is the row of `(store, HUB_TILL)` with the highest seq (a concurrent writer loses on the unique
-/// `(store, till, seq)` index and retries).
+/// The chain head is the row of `(store, HUB_TILL)` with the highest seq: `BEGIN IMMEDIATE` makes this the only
+/// writer. (The PostgreSQL backend locks a chain-head row instead; see `postgres_reservations.rs`.)
 fn record(
     conn: &Connection,
     r: &Reservation,
@@ -166,23 +169,7 @@ fn record(
     reason: Option<&str>,
     now: i64,
 ) -> Result<(), ReservationError> {
-    let occurred_at = time::OffsetDateTime::from_unix_timestamp(now)
-        .map(storesync_shared::crdt::normalize_instant)
-        .map_err(|e| StorageError::Backend(Box::new(e)))?;
-    let body = ReservationEvent {
-        schema: storesync_shared::event::SCHEMA_VERSION,
-        occurred_at: occurred_at.clone(),
-        change,
-        reservation_id: r.reservation_id,
-        order_id: r.order_id.clone(),
-        store: r.store.clone(),
-        from_store: from_store.map(str::to_owned),
-        lines: r.lines.iter().map(|(sku, qty)| ReservedLine { sku: sku.clone(), qty: *qty }).collect(),
-        pickup_by: r.pickup_by.clone(),
-        reason: reason.map(str::to_owned),
-    };
-    let body =
-        storesync_shared::canonical_json(&serde_json::to_value(&body).map_err(|e| StorageError::Backend(e.into()))?);
+    let (occurred_at, body) = event_body(r, change, from_store, reason, now)?;
     // The event goes to the chain of the store it concerns: for a reroute, the store it left.
     let store = from_store.unwrap_or(&r.store);
     let head: Option<(i64, String)> = conn
@@ -193,9 +180,15 @@ fn record(
     let seq = to_u64(prev_seq) + 1;
     let event_id = Uuid::new_v4();
     let kind = EventKind::of_reservation(change);
-    let hash =
-        event_hash(&ChainInput { store, till: HUB_TILL, seq, event_id, kind, body: &body, prev_hash: &prev_hash });
-    let body = String::from_utf8(body).map_err(|e| StorageError::Backend(e.into()))?;
+    let hash = event_hash(&ChainInput {
+        store,
+        till: HUB_TILL,
+        seq,
+        event_id,
+        kind,
+        body: body.as_bytes(),
+        prev_hash: &prev_hash,
+    });
     conn.prepare_cached(
         "INSERT INTO events (store, till, seq, event_id, kind, occurred_at, body, prev_hash, hash, received_at)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
@@ -229,20 +222,81 @@ fn set_status(conn: &Connection, id: &str, store: &str, status: ReservationStatu
 }
 
 impl ReservationStore for SqliteStorage {
-    fn escrow_set(&self, store: &str, sku: &str, qty: i64, now: i64) -> Result<EscrowLevel, ReservationError> {
+    fn escrow_set(
+        &self,
+        store: &str,
+        sku: &str,
+        qty: i64,
+        policy: Option<&EscrowPolicy>,
+        now: i64,
+    ) -> Result<EscrowLevel, ReservationError> {
         let mut conn = lock(&self.writer);
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
         let held = reserved(&tx, store, sku, None)?;
         if qty < held {
             return Err(ReservationError::EscrowBelowReserved { reserved: held });
         }
+        let (share, floor, cap) = (policy.map(|p| p.share_pct), policy.map(|p| p.floor), policy.map(|p| p.cap));
         tx.execute(
-            "INSERT INTO escrow (store, sku, qty, updated_at) VALUES (?1, ?2, ?3, ?4)
-             ON CONFLICT (store, sku) DO UPDATE SET qty = ?3, updated_at = ?4",
-            params![store, sku, qty, now],
+            "INSERT INTO escrow (store, sku, qty, updated_at, share_pct, floor, cap) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
+             ON CONFLICT (store, sku) DO UPDATE SET qty = ?3, updated_at = ?4, share_pct = ?5, floor = ?6, cap = ?7",
+            params![store, sku, qty, now, share, floor, cap],
         )?;
         tx.commit()?;
         Ok(EscrowLevel { escrow: qty, reserved: held })
+    }
+
+    fn escrow_policies(&self) -> Result<Vec<PolicyEscrow>, StorageError> {
+        self.with_reader(|conn| {
+            let tx = conn.unchecked_transaction()?;
+            let rows: Vec<(String, String, i64, EscrowPolicy)> = tx
+                .prepare_cached(
+                    "SELECT store, sku, qty, share_pct, floor, cap FROM escrow WHERE share_pct IS NOT NULL
+                     ORDER BY store, sku",
+                )?
+                .query_map([], |r| {
+                    let policy = EscrowPolicy { share_pct: r.get(3)?, floor: r.get(4)?, cap: r.get(5)? };
+                    Ok((r.get(0)?, r.get(1)?, r.get(2)?, policy))
+                })?
+                .collect::<Result<_, _>>()?;
+            let mut out = Vec::with_capacity(rows.len());
+            for (store, sku, escrow, policy) in rows {
+                let held = reserved(&tx, &store, &sku, None)?;
+                out.push(PolicyEscrow { store, sku, policy, level: EscrowLevel { escrow, reserved: held } });
+            }
+            tx.finish()?;
+            Ok(out)
+        })
+    }
+
+    fn escrow_follow(
+        &self,
+        store: &str,
+        sku: &str,
+        policy: &EscrowPolicy,
+        qty: i64,
+        now: i64,
+    ) -> Result<Option<EscrowLevel>, StorageError> {
+        let mut conn = lock(&self.writer);
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let stored: Option<(i64, i64, i64)> = tx
+            .query_row(
+                "SELECT share_pct, floor, cap FROM escrow WHERE store = ?1 AND sku = ?2 AND share_pct IS NOT NULL",
+                params![store, sku],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+            )
+            .optional()?;
+        if stored != Some((policy.share_pct, policy.floor, policy.cap)) {
+            return Ok(None);
+        }
+        let held = reserved(&tx, store, sku, None)?;
+        let escrow = qty.max(held);
+        tx.execute(
+            "UPDATE escrow SET qty = ?3, updated_at = ?4 WHERE store = ?1 AND sku = ?2 AND qty <> ?3",
+            params![store, sku, escrow, now],
+        )?;
+        tx.commit()?;
+        Ok(Some(EscrowLevel { escrow, reserved: held }))
     }
 
     fn escrow_levels(&self, store: &str) -> Result<BTreeMap<String, EscrowLevel>, StorageError> {
@@ -414,7 +468,7 @@ fn apply(tx: &Connection, id: Uuid, change: &Change, now: i64) -> Result<Reserva
         return Err(ReservationError::Finished { status: r.status, change: asked });
     }
     match change {
-        Change::Reroute { reason } => {
+        Change::Reroute { reason, pickup_by } => {
             let from = r.store.clone();
             let pos = r.stores.iter().position(|s| *s == from).map_or(r.stores.len(), |p| p + 1);
             let mut to = None;
@@ -427,8 +481,19 @@ fn apply(tx: &Connection, id: Uuid, change: &Change, now: i64) -> Result<Reserva
             match to {
                 Some(store) => {
                     set_status(tx, &key, &store, ReservationStatus::Reserved, now)?;
+                    if let Some(new) = pickup_by {
+                        tx.prepare_cached("UPDATE reservations SET pickup_by = ?2 WHERE id = ?1")?
+                            .execute(params![key, new])?;
+                        r.pickup_by.clone_from(new);
+                    }
                     r.store = store;
                     record(tx, &r, ReservationChange::Rerouted, Some(&from), Some(reason), now)?;
+                }
+                // At expiry (a new pickup time was asked for) it was not collected in time: it expires.
+                None if pickup_by.is_some() => {
+                    set_status(tx, &key, &from, ReservationStatus::Expired, now)?;
+                    let why = format!("{reason}; no other store of the order can hold it");
+                    record(tx, &r, ReservationChange::Expired, None, Some(&why), now)?;
                 }
                 None => {
                     set_status(tx, &key, &from, ReservationStatus::Cancelled, now)?;
@@ -474,7 +539,7 @@ mod tests {
         let path = dir.path().join("hub.db");
         let a = SqliteStorage::open(&path).unwrap();
         let b = SqliteStorage::open(&path).unwrap();
-        a.escrow_set("S1", "A", 10, NOW).unwrap();
+        a.escrow_set("S1", "A", 10, None, NOW).unwrap();
         let made = std::sync::atomic::AtomicUsize::new(0);
         std::thread::scope(|scope| {
             for (i, s) in [&a, &b, &a, &b].into_iter().enumerate() {

@@ -105,7 +105,7 @@ async fn main() -> anyhow::Result<()> {
         let storage = storesync_hub::open_storage(&data)?;
         for s in 0..args.stores {
             for k in 0..args.skus {
-                storage.escrow_set(&store(s), &format!("SKU-{k}"), args.escrow, 1_800_000_000)?;
+                storage.escrow_set(&store(s), &format!("SKU-{k}"), args.escrow, None, 1_800_000_000)?;
             }
         }
     }

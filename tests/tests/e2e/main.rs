@@ -6,6 +6,7 @@ mod agent_crash;
 mod agent_journal;
 mod backpressure;
 mod bopis;
+mod bopis_postgres;
 mod browser;
 mod converge;
 mod dashboard;
