@@ -6,7 +6,7 @@
 //! the HTTP round trip and the document write, which are not what is measured), then the hub binary is started on
 //! it. Each order has 1 or 2 lines of 1 unit and lists 3 stores drawn at random (seeded); every order id is new, so
 //! every request reserves (one `BEGIN IMMEDIATE` transaction with the escrow check, the reservation, its event and
-//! its outbox row) and writes the store document's hold. Warm-up requests are not counted. Phase 1: one client,
+//! its outbox row); the hub's planner then writes the store document's hold, off the request's path. Warm-up requests are not counted. Phase 1: one client,
 //! one request at a time (latency). Phase 2: `--clients` concurrent clients (throughput, and latency under load).
 //!
 //! Run (the hub binary must sit next to this one):
