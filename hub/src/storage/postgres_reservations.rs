@@ -34,7 +34,7 @@ use super::{Cx, Mode, PostgresStorage, TxFailure, backend, limit_of, take_positi
 use crate::storage::StorageError;
 use crate::storage::reservations::{
     Change, Consumed, EscrowLevel, EscrowPolicy, HUB_TILL, HistoryEntry, NewReservation, PolicyEscrow, Reservation,
-    ReservationError, ReservationStore, Reserved, change_kind, event_body,
+    ReservationError, ReservationStore, Reserved, change_kind, event_body, till_action,
 };
 
 /// The tables, migration 2 (`escrow`, `reservations`, `reservation_lines`, `reservation_history` and
@@ -402,21 +402,6 @@ fn apply(
     }
     let after = read(tx, id)?.ok_or(ReservationError::NotFound)?;
     Ok(after)
-}
-
-/// What a stored till event asks of a reservation, if anything.
-fn till_action(kind: &str, body: &str) -> Option<(Uuid, Change)> {
-    use storesync_shared::EventBody;
-    let kind = EventKind::parse(kind)?;
-    match EventBody::from_stored(kind, serde_json::from_str(body).ok()?).ok()? {
-        EventBody::ReservationPick(b) => Some((b.reservation_id, Change::Picked)),
-        EventBody::ReservationCancel(b) => Some((
-            b.reservation_id,
-            Change::Cancelled { reason: b.reason.unwrap_or_else(|| "cancelled at the till".into()) },
-        )),
-        EventBody::Sale(b) => b.reservation_id.map(|id| (id, Change::Collected)),
-        _ => None,
-    }
 }
 
 impl ReservationStore for PostgresStorage {

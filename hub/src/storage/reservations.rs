@@ -245,6 +245,21 @@ pub(crate) fn event_body(
     Ok((occurred_at, body))
 }
 
+/// What a stored till event asks of a reservation, if anything.
+pub(crate) fn till_action(kind: &str, body: &str) -> Option<(Uuid, Change)> {
+    use storesync_shared::EventBody;
+    let kind = storesync_shared::EventKind::parse(kind)?;
+    match EventBody::from_stored(kind, serde_json::from_str(body).ok()?).ok()? {
+        EventBody::ReservationPick(b) => Some((b.reservation_id, Change::Picked)),
+        EventBody::ReservationCancel(b) => Some((
+            b.reservation_id,
+            Change::Cancelled { reason: b.reason.unwrap_or_else(|| "cancelled at the till".into()) },
+        )),
+        EventBody::Sale(b) => b.reservation_id.map(|id| (id, Change::Collected)),
+        _ => None,
+    }
+}
+
 /// The change a [`Change`] records when it applies as asked (a reroute may become a cancel).
 pub fn change_kind(change: &Change) -> ReservationChange {
     match change {

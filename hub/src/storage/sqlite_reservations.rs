@@ -15,7 +15,7 @@ use super::{SqliteStorage, lock, to_i64, to_u64};
 use crate::storage::StorageError;
 use crate::storage::reservations::{
     Change, Consumed, EscrowLevel, EscrowPolicy, HUB_TILL, HistoryEntry, NewReservation, PolicyEscrow, Reservation,
-    ReservationError, ReservationStore, Reserved, change_kind, event_body,
+    ReservationError, ReservationStore, Reserved, change_kind, event_body, till_action,
 };
 
 /// The tables, created by `SqliteStorage::open`.
@@ -438,21 +438,6 @@ impl ReservationStore for SqliteStorage {
         )?;
         tx.commit()?;
         Ok(out)
-    }
-}
-
-/// What a stored till event asks of a reservation, if anything.
-fn till_action(kind: &str, body: &str) -> Option<(Uuid, Change)> {
-    use storesync_shared::EventBody;
-    let kind = EventKind::parse(kind)?;
-    match EventBody::from_stored(kind, serde_json::from_str(body).ok()?).ok()? {
-        EventBody::ReservationPick(b) => Some((b.reservation_id, Change::Picked)),
-        EventBody::ReservationCancel(b) => Some((
-            b.reservation_id,
-            Change::Cancelled { reason: b.reason.unwrap_or_else(|| "cancelled at the till".into()) },
-        )),
-        EventBody::Sale(b) => b.reservation_id.map(|id| (id, Change::Collected)),
-        _ => None,
     }
 }
 
