@@ -311,11 +311,8 @@ impl Docs {
         body: &[u8],
         now: i64,
     ) -> Result<SyncAnswer, DocError> {
-        let message = if body.is_empty() {
-            None
-        } else {
-            Some(Message::decode(body).map_err(|e| DocError::BadMessage(e.to_string()))?)
-        };
+        let message =
+            if body.is_empty() { None } else { Some(crdt::decode_sync_message(body).map_err(DocError::BadMessage)?) };
         let stores = [store.to_owned()];
         let mut out = self.write(&stores, now, |store, doc, meta| {
             if meta.epoch != till_epoch {

@@ -488,9 +488,85 @@ pub fn reply_if_needed(
     reply.filter(|r| !(r.changes.is_empty() && r.need.is_empty() && current))
 }
 
+/// Decodes a sync message from the other side and checks what automerge 0.12 takes on trust: each `have`'s Bloom
+/// filter. A filter that claims entries but has no bits (a zero bits-per-entry), or asks for no probes or an absurd
+/// number of them, makes `generate_sync_message` divide by zero or allocate gigabytes. A corrupt or hostile message
+/// is refused here, before it reaches the document.
+pub fn decode_sync_message(bytes: &[u8]) -> Result<automerge::sync::Message, String> {
+    let message = automerge::sync::Message::decode(bytes).map_err(|e| e.to_string())?;
+    for have in &message.have {
+        check_bloom(&have.bloom.to_bytes())?;
+    }
+    Ok(message)
+}
+
+/// The most probes a Bloom filter may ask for (automerge writes 7).
+const MAX_BLOOM_PROBES: u64 = 64;
+
+/// `bloom` is a filter's wire form: empty, or entries, bits per entry and probes (LEB128), then the bits.
+fn check_bloom(bloom: &[u8]) -> Result<(), String> {
+    if bloom.is_empty() {
+        return Ok(());
+    }
+    let mut rest = bloom;
+    let mut next = || -> Result<u64, String> {
+        let mut value = 0u64;
+        for shift in (0..64).step_by(7) {
+            let (&b, tail) = rest.split_first().ok_or("a Bloom filter is cut short")?;
+            rest = tail;
+            value |= u64::from(b & 0x7f) << shift;
+            if b & 0x80 == 0 {
+                return Ok(value);
+            }
+        }
+        Err("a Bloom filter has an overlong number".to_owned())
+    };
+    let (entries, bits_per_entry, probes) = (next()?, next()?, next()?);
+    if entries > 0 && (bits_per_entry == 0 || rest.is_empty()) {
+        return Err(format!("a Bloom filter of {entries} entries has no bits"));
+    }
+    if !(1..=MAX_BLOOM_PROBES).contains(&probes) {
+        return Err(format!("a Bloom filter asks for {probes} probes (1 to {MAX_BLOOM_PROBES})"));
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A real message from a till that has changes the other side lacks, so it carries a non-empty Bloom filter.
+    fn message_with_bloom() -> Vec<u8> {
+        use automerge::sync::SyncDoc;
+        let mut a = till("a");
+        sell(&mut a, "a", "SKU", -1);
+        let mut state = automerge::sync::State::new();
+        // The first message announces heads; once the peer's heads are known, `have` carries the filter.
+        state.their_heads = Some(Vec::new());
+        state.their_have = Some(Vec::new());
+        state.their_need = Some(Vec::new());
+        a.generate_sync_message(&mut state).expect("a message").encode()
+    }
+
+    #[test]
+    fn sync_messages_with_broken_bloom_filters_are_refused() {
+        let good = message_with_bloom();
+        let msg = decode_sync_message(&good).expect("a real message decodes");
+        let bloom = msg.have[0].bloom.to_bytes();
+        assert!(!bloom.is_empty(), "the test needs a message with a filter");
+        assert_eq!(check_bloom(&bloom), Ok(()));
+        // Entries 1, bits per entry 0 (so no bits), 7 probes: what made the hub divide by zero.
+        assert!(check_bloom(&[1, 0, 7]).unwrap_err().contains("no bits"));
+        assert!(check_bloom(&[1, 10, 0, 0xff, 0xff]).unwrap_err().contains("0 probes"));
+        assert!(check_bloom(&[1, 10, 0xff, 0xff, 0xff, 0xff, 0x0f, 0xff, 0xff]).unwrap_err().contains("probes"));
+        assert!(check_bloom(&[0x80]).is_err(), "cut short");
+        // The same, inside a whole message that automerge itself decodes.
+        let mut bad = msg;
+        bad.have[0].bloom = automerge::sync::BloomFilter::try_from(&[1u8, 0, 7][..]).expect("automerge parses it");
+        let bad = bad.encode();
+        assert!(automerge::sync::Message::decode(&bad).is_ok(), "automerge takes it");
+        assert!(decode_sync_message(&bad).unwrap_err().contains("no bits"));
+    }
 
     fn till(name: &str) -> Automerge {
         genesis().with_actor(ActorId::from(name.as_bytes()))

@@ -132,8 +132,8 @@ impl DocCtx<'_> {
         if message.len() > MAX_DOC_BYTES {
             return Err(AppendError::Invalid { code: "message_too_large", detail: "sync message too large".into() });
         }
-        let msg = Message::decode(message)
-            .map_err(|e| AppendError::Invalid { code: "bad_sync_message", detail: format!("{e}") })?;
+        let msg = storesync_shared::crdt::decode_sync_message(message)
+            .map_err(|detail| AppendError::Invalid { code: "bad_sync_message", detail })?;
         let mut docs = self.docs.write().map_err(|_| AppendError::Unavailable("document lock poisoned".into()))?;
         let before = docs.doc.get_heads();
         let saved_sync = self.sync.encode();
