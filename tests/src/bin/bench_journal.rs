@@ -56,7 +56,7 @@ struct Args {
     #[arg(long, default_value_t = 50)]
     warmup: usize,
     /// Start the agent with its writer's per-group debug line on (`group commit group=.. apply_us=.. commit_us=..`,
-    /// an instrumentation patch, see docs/BENCHMARKS.md) and report group sizes and writer time per phase.
+    /// see docs/BENCHMARKS.md) and report group sizes and writer time per phase.
     #[arg(long)]
     writer_log: bool,
     /// Where the temporary databases go. Must be on the real disk, not tmpfs.
