@@ -252,11 +252,7 @@ pub(crate) fn walk_in_skus(body: &EventBody) -> Vec<String> {
 /// The warnings for a journaled walk-in sale of `skus`: [`HELD_FOR_ONLINE`] when, now, one of them has less on
 /// hand than its escrow. Read under one lock of the store document.
 fn warnings(d: &DocState, skus: &[String]) -> Vec<String> {
-    let Some(escrow) = crdt::root_map(&d.doc, crdt::ESCROW) else { return Vec::new() };
-    let dipped = skus.iter().any(|sku| {
-        let held = crdt::escrow_of(&d.doc, &escrow, sku, Some(&d.committed_heads));
-        held > 0 && d.on_hand(sku) < held
-    });
+    let dipped = skus.iter().any(|sku| d.escrow.get(sku).is_some_and(|&held| held > 0 && d.on_hand(sku) < held));
     if dipped { vec![HELD_FOR_ONLINE.to_owned()] } else { Vec::new() }
 }
 

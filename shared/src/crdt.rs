@@ -237,6 +237,18 @@ pub fn set_escrow<T: Transactable>(tx: &mut T, escrow: &ObjId, sku: &str, qty: i
     if qty == 0 { tx.delete(escrow, escrow_key(sku).as_str()) } else { tx.put(escrow, escrow_key(sku).as_str(), qty) }
 }
 
+/// Every SKU with an escrow set (non-zero), and its escrow, at the current heads.
+pub fn escrows(doc: &impl ReadDoc, escrow: &ObjId) -> std::collections::HashMap<String, i64> {
+    let prefix = format!("{ESCROW_QTY}{SEP}");
+    doc.map_range(escrow, prefix.clone()..format!("{ESCROW_QTY}{SEP_NEXT}"))
+        .filter_map(|item| {
+            let sku = item.key.strip_prefix(&prefix)?;
+            let qty = counter_value(&item.value);
+            (qty != 0).then(|| (sku.to_owned(), qty))
+        })
+        .collect()
+}
+
 /// The store's escrow for `sku` (0 when none is set), at `heads` if given.
 pub fn escrow_of(doc: &impl ReadDoc, escrow: &ObjId, sku: &str, heads: Option<&[ChangeHash]>) -> i64 {
     let key = escrow_key(sku);
@@ -546,6 +558,25 @@ mod tests {
         state.their_have = Some(Vec::new());
         state.their_need = Some(Vec::new());
         a.generate_sync_message(&mut state).expect("a message").encode()
+    }
+
+    #[test]
+    fn escrows_lists_the_skus_that_have_one() {
+        let mut doc = genesis();
+        let escrow = root_map(&doc, ESCROW).unwrap();
+        let mut tx = doc.transaction();
+        for (sku, qty) in [("A", 4), ("B", 1), ("C", 2)] {
+            set_escrow(&mut tx, &escrow, sku, qty).unwrap();
+        }
+        tx.commit();
+        let mut tx = doc.transaction();
+        set_escrow(&mut tx, &escrow, "B", 0).unwrap();
+        tx.commit();
+        let got = escrows(&doc, &escrow);
+        assert_eq!(got, std::collections::HashMap::from([("A".to_owned(), 4), ("C".to_owned(), 2)]));
+        for (sku, qty) in &got {
+            assert_eq!(escrow_of(&doc, &escrow, sku, None), *qty);
+        }
     }
 
     #[test]

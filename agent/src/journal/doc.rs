@@ -156,7 +156,7 @@ impl DocCtx<'_> {
                 if changed {
                     *self.pending_changes += 1;
                 }
-                docs.committed_heads = docs.doc.get_heads();
+                docs.commit_heads();
                 Ok(())
             }
             Err(e) => {

@@ -71,6 +71,9 @@ pub struct DocState {
     /// This till's stock movements that are durably journaled but not yet folded into `doc` (see `writer.rs`).
     /// Readers add them to what `doc` says.
     pub unfolded: std::collections::HashMap<String, i64>,
+    /// The escrow of every SKU that has one, at `committed_heads` (see [`DocState::commit_heads`]): every walk-in
+    /// sale asks it (`crate::reservations`), and a map lookup is far cheaper than an automerge read at heads.
+    pub escrow: std::collections::HashMap<String, i64>,
 }
 
 impl DocState {
@@ -79,8 +82,15 @@ impl DocState {
         self.own_keys = storesync_shared::crdt::root_map(&doc, storesync_shared::crdt::STOCK)
             .map(|s| storesync_shared::crdt::writer_keys(&doc, &s, till))
             .unwrap_or_default();
-        self.committed_heads = doc.get_heads();
         self.doc = doc;
+        self.commit_heads();
+    }
+
+    /// Readers now read at the document's current heads: it is durably in SQLite. Refreshes what derives from them.
+    pub(crate) fn commit_heads(&mut self) {
+        use storesync_shared::crdt;
+        self.committed_heads = self.doc.get_heads();
+        self.escrow = crdt::root_map(&self.doc, crdt::ESCROW).map(|e| crdt::escrows(&self.doc, &e)).unwrap_or_default();
     }
 
     /// Units of `sku` on hand as readers see them: the committed document plus the unfolded movements.

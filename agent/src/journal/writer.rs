@@ -177,6 +177,7 @@ impl Writer {
             committed_heads: Vec::new(),
             own_keys: Default::default(),
             unfolded: l.unfolded,
+            escrow: Default::default(),
         };
         state.replace(l.doc, &identity.till_id);
         let docs = Arc::new(RwLock::new(state));
@@ -462,6 +463,7 @@ impl WriterState {
         }
         self.doc_through = through;
         let mut docs = self.docs.write().map_err(|_| poisoned())?;
+        // The fold changed stock only, so the escrow cache stands.
         docs.committed_heads = heads;
         docs.unfolded.clear();
         Ok(())
