@@ -100,6 +100,10 @@ fn debs_hold_the_binary_a_hardened_unit_and_data_safe_scripts() {
         ] {
             assert!(text.contains(hardening), "{pkg}.service lacks {hardening}");
         }
+        if pkg == "storesync-hub" {
+            // A connection per syncing till: the default 1,024 files would stop a hub at about a thousand.
+            assert!(text.contains("LimitNOFILE=65536"), "{pkg}.service keeps the default open-file limit");
+        }
         // The scratch root gets the base system's units (sysinit.target and so on) a real install has; the
         // package's own files are not overwritten.
         run(Command::new("cp").arg("-rn").arg("/usr/lib/systemd/system/.").arg(unit.parent().unwrap()));
