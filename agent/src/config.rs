@@ -49,6 +49,8 @@ pub struct FileConfig {
     pub inbox_incomplete_after_s: Option<u64>,
     /// The currency of CSV and POSLog files that name none (ISO 4217).
     pub inbox_currency: Option<String>,
+    /// Days a file stays in the inbox's `processed/` folder (0–3650, default 30; 0 keeps them forever).
+    pub inbox_keep_processed_days: Option<u64>,
 }
 
 /// How logs are written.
@@ -199,6 +201,7 @@ impl Config {
                 rescan_s: file.inbox_rescan_s,
                 incomplete_after_s: file.inbox_incomplete_after_s,
                 currency: file.inbox_currency,
+                keep_processed_days: file.inbox_keep_processed_days,
             },
         )?;
         Ok(Config {

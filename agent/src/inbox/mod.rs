@@ -74,6 +74,9 @@ pub const DEFAULT_SETTLE: Duration = Duration::from_secs(2);
 pub const DEFAULT_RESCAN: Duration = Duration::from_secs(10);
 /// The default [`InboxConfig::incomplete_after`].
 pub const DEFAULT_INCOMPLETE_AFTER: Duration = Duration::from_secs(60);
+/// The default [`InboxConfig::keep_processed`]: 30 days.
+pub const DEFAULT_KEEP_PROCESSED_DAYS: u64 = 30;
+const DAY: Duration = Duration::from_secs(86_400);
 
 /// The drop folder's settings.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -93,6 +96,10 @@ pub struct InboxConfig {
     pub incomplete_after: Duration,
     /// The currency of CSV and POSLog files that do not name one (`inbox_currency`).
     pub currency: Option<String>,
+    /// How long a file stays in `processed/` after it was processed (`inbox_keep_processed_days`; `None`, from 0,
+    /// keeps them forever). Its records are in the journal, which is the record; the file is only a courtesy to
+    /// whoever wants to look at what the POS dropped. Rejected files are never deleted.
+    pub keep_processed: Option<Duration>,
 }
 
 impl InboxConfig {
@@ -105,6 +112,7 @@ impl InboxConfig {
             rescan: DEFAULT_RESCAN,
             incomplete_after: DEFAULT_INCOMPLETE_AFTER,
             currency: None,
+            keep_processed: Some(DAY * DEFAULT_KEEP_PROCESSED_DAYS as u32),
         }
     }
 
@@ -141,6 +149,12 @@ impl InboxConfig {
         if cfg.incomplete_after < cfg.settle {
             bail!("inbox_incomplete_after_s must not be shorter than inbox_settle_ms");
         }
+        if let Some(days) = keys.keep_processed_days {
+            if days > 3650 {
+                bail!("inbox_keep_processed_days must be between 0 (keep forever) and 3650");
+            }
+            cfg.keep_processed = (days > 0).then(|| DAY * days as u32);
+        }
         if let Some(c) = keys.currency {
             money::exponent(&c).map_err(|e| anyhow::anyhow!("inbox_currency: {}", e.detail))?;
             cfg.currency = Some(c);
@@ -158,6 +172,7 @@ pub struct Keys {
     pub rescan_s: Option<u64>,
     pub incomplete_after_s: Option<u64>,
     pub currency: Option<String>,
+    pub keep_processed_days: Option<u64>,
 }
 
 /// A file waiting in the inbox.
@@ -250,11 +265,17 @@ mod tests {
             Keys { settle_ms: Some(5000), incomplete_after_s: Some(2), ..Keys::default() },
             Keys { currency: Some("EURO".into()), ..Keys::default() },
             Keys { dir: Some(PathBuf::new()), ..Keys::default() },
+            Keys { keep_processed_days: Some(3651), ..Keys::default() },
         ];
         for keys in bad {
             assert!(InboxConfig::resolve(dir, keys.clone()).is_err(), "{keys:?}");
         }
         let eur = InboxConfig::resolve(dir, Keys { currency: Some("EUR".into()), ..Keys::default() }).unwrap();
         assert_eq!(eur.currency.as_deref(), Some("EUR"));
+        assert_eq!(ok.keep_processed, Some(Duration::from_secs(30 * 86_400)));
+        let forever = InboxConfig::resolve(dir, Keys { keep_processed_days: Some(0), ..Keys::default() }).unwrap();
+        assert_eq!(forever.keep_processed, None);
+        let week = InboxConfig::resolve(dir, Keys { keep_processed_days: Some(7), ..Keys::default() }).unwrap();
+        assert_eq!(week.keep_processed, Some(Duration::from_secs(7 * 86_400)));
     }
 }

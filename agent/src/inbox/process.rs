@@ -13,6 +13,7 @@ use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::Poll;
+use std::time::{Duration, SystemTime};
 
 use serde::Serialize;
 use sha2::{Digest, Sha256};
@@ -179,7 +180,7 @@ pub(crate) async fn process(
         return reject(cfg, file, counts, &refusals, refused, "partly_journaled").await;
     }
     let (src, dir, name) = (file.path.clone(), cfg.dir.join(PROCESSED), file.name.clone());
-    blocking(move || move_into(&src, &dir, &name))
+    blocking(move || mark_processed(&src).and_then(|()| move_into(&src, &dir, &name)))
         .await?
         .map_err(|e| Later::Io(format!("moving {} to {PROCESSED}/: {e}", file.name)))?;
     Ok(Done::Processed(counts))
@@ -407,6 +408,35 @@ async fn reject(
     Ok(Done::Rejected { counts, failed: refused, first, report: written })
 }
 
+/// Sets a finished file's modification time to now, just before it moves to `processed/`: there it says when the
+/// file was processed, which is what [`prune_processed`] counts from (the POS may drop a file written long ago).
+/// If the move then fails, the file looks changed and is read again, which its record ids make harmless.
+fn mark_processed(src: &Path) -> std::io::Result<()> {
+    std::fs::File::options().append(true).open(src)?.set_modified(SystemTime::now())
+}
+
+/// Deletes the files in `processed` (the inbox's `processed/` folder) processed more than `keep` before `now`.
+/// Answers how many it deleted. Only regular files directly in the folder; what cannot be read or deleted is left
+/// for the next pass.
+pub(crate) fn prune_processed(processed: &Path, keep: Duration, now: SystemTime) -> std::io::Result<u64> {
+    let Some(cutoff) = now.checked_sub(keep) else { return Ok(0) };
+    let mut deleted = 0;
+    for entry in std::fs::read_dir(processed)? {
+        let Ok(entry) = entry else { continue };
+        let Ok(meta) = entry.metadata() else { continue };
+        if !meta.is_file() || meta.modified().map_or(true, |m| m >= cutoff) {
+            continue;
+        }
+        match std::fs::remove_file(entry.path()) {
+            Ok(()) => deleted += 1,
+            Err(e) => {
+                tracing::warn!(error = %e, file = %entry.path().display(), "inbox: cannot delete an old processed file")
+            }
+        }
+    }
+    Ok(deleted)
+}
+
 /// Moves `src` into `dir` under its name, or a free variant of it.
 fn move_into(src: &Path, dir: &Path, name: &str) -> std::io::Result<PathBuf> {
     std::fs::create_dir_all(dir)?;
@@ -450,6 +480,34 @@ fn digest(path: &Path) -> std::io::Result<(u64, String)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A file written by the POS long ago is dated when it is processed, and `processed/` loses only the files
+    /// processed longer ago than the setting, never a sub-folder.
+    #[test]
+    fn processed_files_are_dated_when_processed_and_pruned_after_keep() {
+        let dir = tempfile::tempdir().unwrap();
+        let (inbox, processed) = (dir.path(), dir.path().join(PROCESSED));
+        let day = Duration::from_secs(86_400);
+        let now = SystemTime::now();
+        let old_export = inbox.join("old-export.jsonl");
+        std::fs::write(&old_export, "{}\n").unwrap();
+        std::fs::File::options().append(true).open(&old_export).unwrap().set_modified(now - day * 400).unwrap();
+        mark_processed(&old_export).unwrap();
+        let moved = move_into(&old_export, &processed, "old-export.jsonl").unwrap();
+        for (name, age_days) in [("a.jsonl", 40), ("b.csv", 31), ("c.xml", 29), ("d.jsonl", 0)] {
+            let path = processed.join(name);
+            std::fs::write(&path, "x").unwrap();
+            std::fs::File::options().append(true).open(&path).unwrap().set_modified(now - day * age_days).unwrap();
+        }
+        std::fs::create_dir(processed.join("keep-me")).unwrap();
+        assert_eq!(prune_processed(&processed, day * 30, now).unwrap(), 2);
+        let mut left: Vec<String> =
+            std::fs::read_dir(&processed).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into()).collect();
+        left.sort();
+        assert_eq!(left, ["c.xml", "d.jsonl", "keep-me", "old-export.jsonl"]);
+        assert!(moved.exists(), "the old export was processed just now and stays");
+        assert_eq!(prune_processed(&processed, day * 30, now).unwrap(), 0);
+    }
 
     #[test]
     fn free_names_count_up_and_keep_the_extension() {

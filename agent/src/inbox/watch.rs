@@ -27,6 +27,8 @@ use crate::AgentState;
 const MIN_PAUSE: Duration = Duration::from_millis(100);
 /// The longest wait before a file that failed for a passing reason (I/O, the journal) is tried again.
 const MAX_BACKOFF: Duration = Duration::from_secs(300);
+/// How often `processed/` is pruned of files older than [`InboxConfig::keep_processed`] (and once at start).
+const PRUNE_EVERY: Duration = Duration::from_secs(3600);
 
 /// What the loop knows of one file.
 #[derive(Debug)]
@@ -111,7 +113,28 @@ async fn watch(state: Arc<AgentState>, cfg: InboxConfig, shutdown: CancellationT
     let mut watcher: Option<RecommendedWatcher> = None;
     let mut tracked: HashMap<PathBuf, Tracked> = HashMap::new();
     let mut folder_error: Option<String> = None;
+    let mut pruned_at: Option<Instant> = None;
     while !shutdown.is_cancelled() {
+        if let Some(keep) = cfg.keep_processed
+            && pruned_at.is_none_or(|at| at.elapsed() >= PRUNE_EVERY)
+        {
+            pruned_at = Some(Instant::now());
+            let processed = dir.join(PROCESSED);
+            match blocking(move || process::prune_processed(&processed, keep, SystemTime::now())).await {
+                Some(Ok(0)) | None => {}
+                Some(Ok(n)) => {
+                    tracing::info!(
+                        files = n,
+                        keep_days = keep.as_secs() / 86_400,
+                        "inbox: deleted old processed files"
+                    );
+                    metrics::counter!("storesync_agent_inbox_pruned_files_total").increment(n);
+                }
+                // Not there yet (a new inbox): made below.
+                Some(Err(e)) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Some(Err(e)) => tracing::warn!(error = %e, "inbox: cannot list processed/ to prune it"),
+            }
+        }
         let d = dir.clone();
         match blocking(move || ensure_dirs(&d)).await {
             Some(Ok(created)) => {
