@@ -1,6 +1,7 @@
 //! The store staff's status page (issue #7) in a real browser: headless Chromium, driven over WebDriver, loads the
 //! agent's `/` while head office is unreachable and again once it is back. What the page says is checked against
-//! the agent's `/v1/status`, and screenshots are kept in `target/test-artifacts/`.
+//! the agent's `/v1/status` (a file dropped into its inbox that it refuses included), and screenshots are kept in
+//! `target/test-artifacts/`.
 
 use storesync_tests::proc::{start_agent_with, start_hub};
 
@@ -30,6 +31,10 @@ async fn the_status_page_says_offline_then_online_in_a_real_browser() {
     assert_eq!(browser.text("#subline").await, "5 sales waiting to send, all saved. Keep selling.");
     assert_eq!(browser.text("#ids").await, "S-PAGE / T1");
     assert_eq!(browser.text("#saved").await, status(&c, &agent.url).await["journal_len"].to_string());
+    assert_eq!(browser.text("#inbox").await, "nothing waiting");
+    // A file the POS dropped that cannot be read: the page tells staff to call IT.
+    std::fs::write(data.join("inbox").join("broken.jsonl"), "this is not json\n").unwrap();
+    browser.wait_text("#inbox", |t| t == "nothing waiting; 1 file refused, tell IT").await;
     let offline = browser.screenshot("status-offline.png").await;
 
     // Head office is back on the same address: the page (which polls) says online and that everything is sent.
