@@ -134,7 +134,22 @@ pub fn agent_cli(dir: &Path, args: &[&str]) -> Output {
 
 /// Starts a hub on `listen` (`127.0.0.1:0` for any port) with its data in `dir`, plain or with TLS files.
 pub fn start_hub(dir: &Path, listen: &str, tls: Option<&TlsFiles>, admin_token: &str) -> Running {
+    wait_until_bindable(listen);
     Running::start(hub_command(dir, listen, tls, admin_token), &dir.join("hub.log"))
+}
+
+/// A hub restarted on its old port (where its tills expect it) can find the port held for a moment: while it was
+/// down, the OS may hand that port to another test's outgoing connection as its ephemeral local port (seen on CI:
+/// "binding 127.0.0.1:46397: Address already in use"). Waits, up to 30 s, until the address can be bound; a port
+/// still taken then makes the hub fail to start, and the test says so.
+fn wait_until_bindable(listen: &str) {
+    if listen.ends_with(":0") {
+        return;
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while std::net::TcpListener::bind(listen).is_err() && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+    }
 }
 
 /// The command [`start_hub`] runs, for a caller that adds to it (flags, environment) before [`Running::start`].
