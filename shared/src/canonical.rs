@@ -11,55 +11,11 @@
 //! UUID, `body` is the canonical JSON of the event body, and `prev_hash` is the previous entry's hash as lowercase
 //! hex. The first entry chains to [`genesis_hash`] of its store and till.
 
-use serde_json::Value;
 use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
+pub use crate::canonical_json::canonical_json;
 use crate::event::EventKind;
-
-/// Writes `value` as canonical JSON.
-pub fn canonical_json(value: &Value) -> Vec<u8> {
-    let mut out = Vec::with_capacity(256);
-    write_value(&mut out, value);
-    out
-}
-
-fn write_value(out: &mut Vec<u8>, value: &Value) {
-    match value {
-        Value::Object(map) => {
-            let mut entries: Vec<(&String, &Value)> = map.iter().collect();
-            entries.sort_unstable_by(|a, b| a.0.as_bytes().cmp(b.0.as_bytes()));
-            out.push(b'{');
-            for (i, (k, v)) in entries.into_iter().enumerate() {
-                if i > 0 {
-                    out.push(b',');
-                }
-                write_string(out, k);
-                out.push(b':');
-                write_value(out, v);
-            }
-            out.push(b'}');
-        }
-        Value::Array(items) => {
-            out.push(b'[');
-            for (i, v) in items.iter().enumerate() {
-                if i > 0 {
-                    out.push(b',');
-                }
-                write_value(out, v);
-            }
-            out.push(b']');
-        }
-        Value::String(s) => write_string(out, s),
-        // Null, booleans and numbers have exactly one serde_json rendering.
-        other => out.extend_from_slice(other.to_string().as_bytes()),
-    }
-}
-
-fn write_string(out: &mut Vec<u8>, s: &str) {
-    // serde_json's string escaping is deterministic (short escapes, \u00XX for other control characters).
-    out.extend_from_slice(Value::String(s.to_owned()).to_string().as_bytes());
-}
 
 fn put_lp(h: &mut Sha256, bytes: &[u8]) {
     h.update((bytes.len() as u64).to_be_bytes());

@@ -10,23 +10,13 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
-use time::OffsetDateTime;
-use time::format_description::well_known::Rfc3339;
 use uuid::Uuid;
 
-use crate::canonical::canonical_json;
+use crate::canonical_json::canonical_json;
 use crate::reservation::{ReservationChange, ReservationEvent};
-
-/// The only wire schema version this build reads and writes.
-pub const SCHEMA_VERSION: u32 = 1;
-/// The most lines one sale, return or transfer may carry.
-pub const MAX_LINES: usize = 500;
-/// The most characters a SKU may have.
-pub const MAX_SKU_CHARS: usize = 64;
-/// The largest quantity one line or adjustment may move.
-pub const MAX_QTY: i64 = 1_000_000;
-/// The most characters of free text (reasons, tender methods, ids of other systems).
-pub const MAX_TEXT_CHARS: usize = 200;
+pub use crate::rules::{
+    MAX_LINES, MAX_QTY, MAX_SKU_CHARS, MAX_TEXT_CHARS, SCHEMA_VERSION, ValidationError, check_sku, parse_timestamp,
+};
 
 /// What happened at the till.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, utoipa::ToSchema)]
@@ -303,20 +293,6 @@ impl BodyType {
     }
 }
 
-/// A rejected body: a stable machine-readable `code` and a precise human `detail`.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{code}: {detail}")]
-pub struct ValidationError {
-    pub code: &'static str,
-    pub detail: String,
-}
-
-impl ValidationError {
-    pub fn new(code: &'static str, detail: impl Into<String>) -> Self {
-        ValidationError { code, detail: detail.into() }
-    }
-}
-
 /// Parses a POST body: takes `event_id` out, refuses unknown fields, and validates what is left.
 pub fn parse_request(ty: BodyType, bytes: &[u8]) -> Result<(Option<Uuid>, EventBody), ValidationError> {
     let value: Value = serde_json::from_slice(bytes)
@@ -561,14 +537,6 @@ pub fn negate(effect: &BTreeMap<String, i64>) -> BTreeMap<String, i64> {
     effect.iter().map(|(k, v)| (k.clone(), -v)).collect()
 }
 
-/// Parses an RFC 3339 timestamp with an explicit offset.
-pub fn parse_timestamp(s: &str) -> Option<OffsetDateTime> {
-    if s.len() > 64 {
-        return None;
-    }
-    OffsetDateTime::parse(s, &Rfc3339).ok()
-}
-
 fn check_occurred_at(s: &str) -> Result<(), ValidationError> {
     parse_timestamp(s).map(|_| ()).ok_or_else(|| {
         ValidationError::new(
@@ -590,17 +558,6 @@ pub fn check_currency(code: &str) -> Result<(), ValidationError> {
     } else {
         Err(ValidationError::new("unknown_currency", format!("currency {code:?} is not an ISO 4217 code")))
     }
-}
-
-/// Checks a SKU: non-empty, at most 64 characters, no control characters.
-pub fn check_sku(sku: &str, field: &str) -> Result<(), ValidationError> {
-    if sku.is_empty() || sku.chars().count() > MAX_SKU_CHARS || sku.chars().any(char::is_control) {
-        return Err(ValidationError::new(
-            "invalid_sku",
-            format!("{field} must be 1 to {MAX_SKU_CHARS} characters with no control characters, got {sku:?}"),
-        ));
-    }
-    Ok(())
 }
 
 fn check_qty(qty: i64, field: &str) -> Result<(), ValidationError> {
@@ -705,6 +662,8 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
     use serde_json::json;
+    use time::OffsetDateTime;
+    use time::format_description::well_known::Rfc3339;
 
     fn sale() -> Value {
         json!({

@@ -1,7 +1,9 @@
 //! `storesync-shared`: the vocabulary the agent and the hub have in common.
 //!
 //! - [`event`]: the canonical retail events (wire bodies, versioned with `"schema": 1`) and their validation;
-//! - [`canonical`]: the one byte encoding used for hashing, and the journal hash chain;
+//! - [`canonical_json`]: the one byte encoding used for hashing;
+//! - [`canonical`]: the journal hash chain;
+//! - [`rules`]: the limits and checks every event body shares (re-exported by [`event`]);
 //! - [`crdt`]: the layout of a store's automerge document (stock counters, prices) and pure helpers on it;
 //! - [`wire`]: the agent ↔ hub protocol types;
 //! - [`reservation`]: buy online, pick up in store: the canonical reservation events and their state machine;
@@ -14,11 +16,13 @@
 
 pub mod apidoc;
 pub mod canonical;
+pub mod canonical_json;
 pub mod crdt;
 pub mod event;
 pub mod metrics;
 pub mod release;
 pub mod reservation;
+pub mod rules;
 pub mod wire;
 
 pub use canonical::{canonical_json, event_hash, genesis_hash};

@@ -16,7 +16,7 @@
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use crate::event::{ValidationError, check_sku};
+use crate::rules::{ValidationError, check_sku};
 
 /// The change a reservation event records.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, utoipa::ToSchema)]
@@ -150,7 +150,7 @@ pub struct ReservationEvent {
 }
 
 fn schema_v1() -> u32 {
-    crate::event::SCHEMA_VERSION
+    crate::rules::SCHEMA_VERSION
 }
 
 /// The most characters of an `order_id`.
@@ -167,10 +167,10 @@ pub fn check_order_id(id: &str) -> Result<(), ValidationError> {
     Ok(())
 }
 
-/// Checks reservation lines: 1 to [`crate::event::MAX_LINES`], each a valid SKU and a positive quantity of at most
-/// [`crate::event::MAX_QTY`], no SKU twice.
+/// Checks reservation lines: 1 to [`crate::rules::MAX_LINES`], each a valid SKU and a positive quantity of at most
+/// [`crate::rules::MAX_QTY`], no SKU twice.
 pub fn check_lines(lines: &[ReservedLine]) -> Result<(), ValidationError> {
-    use crate::event::{MAX_LINES, MAX_QTY};
+    use crate::rules::{MAX_LINES, MAX_QTY};
     if lines.is_empty() || lines.len() > MAX_LINES {
         return Err(ValidationError::new("invalid_lines", format!("lines must hold 1 to {MAX_LINES} lines")));
     }
@@ -195,7 +195,7 @@ impl ReservationEvent {
         check_order_id(&self.order_id)?;
         check_lines(&self.lines)?;
         let text = |s: &str, field: &str| {
-            if s.trim().is_empty() || s.chars().count() > crate::event::MAX_TEXT_CHARS {
+            if s.trim().is_empty() || s.chars().count() > crate::rules::MAX_TEXT_CHARS {
                 Err(ValidationError::new("invalid_text", format!("{field} must be non-blank and short")))
             } else {
                 Ok(())
@@ -205,7 +205,7 @@ impl ReservationEvent {
         if let Some(s) = &self.from_store {
             text(s, "from_store")?;
         }
-        if crate::event::parse_timestamp(&self.pickup_by).is_none() {
+        if crate::rules::parse_timestamp(&self.pickup_by).is_none() {
             return Err(ValidationError::new("invalid_pickup_by", "pickup_by must be an RFC 3339 timestamp"));
         }
         match (&self.reason, self.change) {
