@@ -9,12 +9,10 @@
 //! - [`reservation`]: buy online, pick up in store: the canonical reservation events and their state machine;
 //! - [`release`]: signed release manifests and the rules an agent applies before it self-updates;
 //! - [`metrics`]: the process's Prometheus registry, rendered as text by both binaries' `/metrics`;
-//! - [`apidoc`]: what the binaries' OpenAPI tests read out of a document and out of docs/API.md's text.
 //!
 //! Architecture invariant: this crate does no I/O. It knows nothing of SQL, HTTP, files or tokio, so that every
 //! rule about what an event *is* lives in one place and both binaries apply it identically.
 
-pub mod apidoc;
 pub mod canonical;
 pub mod canonical_json;
 pub mod crdt;

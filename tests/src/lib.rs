@@ -1,9 +1,8 @@
-//! Helpers shared by the end-to-end tests and the bench binaries: finding and driving the real storesync
-//! binaries, making valid canonical events and hash-chained journals, and the load generator's engine.
+//! Helpers the end-to-end tests share: the in-process fault proxy ([`fault`]), and driving the real storesync
+//! binaries ([`proc`]: `storesync_tools::proc` plus a test CA). Valid events and hash-chained journals come from the
+//! tools crate, re-exported here under their old names.
 
-pub mod bench;
 pub mod fault;
-pub mod journal;
-pub mod loadgen;
 pub mod proc;
-pub mod sales;
+
+pub use storesync_tools::{journal, sales};

@@ -1,11 +1,11 @@
 //! `storesync-loadgen`: simulates N stores × M tills against one or more hubs (issue #9), with the agent's sync
 //! protocol, pauses and failover, and ends with a check of exactly-once delivery and stock through the admin API.
-//! Exits 1 when a round fails its verification. The engine is `storesync_tests::loadgen`; its note says what a
+//! Exits 1 when a round fails its verification. The engine is `storesync_tools::loadgen`; its note says what a
 //! round does and how times are taken.
 //!
 //! ```text
-//! CARGO_TARGET_DIR=/work/target-bench cargo build --release -p storesync-tests -p storesync-hub --bins
-//! STORESYNC_ADMIN_TOKEN=… /work/target-bench/release/storesync-loadgen --hub http://127.0.0.1:8080 \
+//! cargo build --release -p storesync-tools -p storesync-hub --bins
+//! STORESYNC_ADMIN_TOKEN=… target/release/storesync-loadgen --hub http://127.0.0.1:8080 \
 //!     --stores 2000 --tills 1 --events 500 --concurrency 2000 --out storm.md
 //! ```
 
@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::Parser;
-use storesync_tests::loadgen::{self, Config, Scenario, Steady, report};
+use storesync_tools::loadgen::{self, Config, Scenario, Steady, report};
 
 #[derive(Debug, Parser)]
 #[command(name = "storesync-loadgen", version, about = "simulate stores and tills against storesync hubs")]

@@ -1,4 +1,5 @@
-//! Pure helpers for the tests that hold each binary's OpenAPI document, its router and docs/API.md together.
+//! `storesync-apidoc`: test support only, a dev-dependency of the agent and the hub. Pure helpers for the tests
+//! that hold each binary's OpenAPI document, its router and docs/API.md together.
 //!
 //! The agent's and the hub's `openapi` tests ask the same questions of different documents: which endpoints the
 //! document has, which endpoints the endpoint table in docs/API.md lists (the rows between

@@ -1,4 +1,4 @@
-//! The engine of `storesync-loadgen` (tests/src/bin/storesync-loadgen.rs): N stores × M tills against one or more
+//! The engine of `storesync-loadgen` (tools/src/bin/storesync-loadgen.rs): N stores × M tills against one or more
 //! hubs, speaking the agent's sync protocol with the wire types of `storesync_shared::wire`.
 //!
 //! A round:

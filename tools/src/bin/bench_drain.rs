@@ -17,9 +17,9 @@
 //!
 //! Build and run (the agent and hub binaries must sit next to this one):
 //! ```text
-//! CARGO_TARGET_DIR=/work/target-drain cargo build --release -p storesync-tests -p storesync-agent \
-//!     -p storesync-hub --bins
-//! /work/target-drain/release/bench_drain --dir /work/bench-tmp --pouchdb /work/peer --out drain.md
+//! cargo build --release -p storesync-tools -p storesync-agent -p storesync-hub --bins
+//! mkdir -p bench-tmp
+//! target/release/bench_drain --dir bench-tmp --pouchdb peer --out drain.md   # peer: docs/BENCHMARKS.md says how
 //! ```
 
 use std::collections::{BTreeMap, HashSet};
@@ -32,9 +32,9 @@ use anyhow::{Context, bail, ensure};
 use clap::Parser;
 use rusqlite::{Connection, params};
 use serde_json::Value;
-use storesync_tests::bench::{device_of, loadavg, median, pct, strip_ansi};
-use storesync_tests::proc::{Running, agent_cli, bin, enroll_code, isolate, start_agent_with};
-use storesync_tests::sales::{SKUS, sale};
+use storesync_tools::bench::{device_of, loadavg, median, pct, strip_ansi};
+use storesync_tools::proc::{Running, agent_cli, bin, enroll_code, isolate, start_agent_with};
+use storesync_tools::sales::{SKUS, sale};
 use uuid::Uuid;
 
 const TOKEN: &str = "ssa_bench_admin_token_0123456789";

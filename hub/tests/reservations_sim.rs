@@ -1,6 +1,7 @@
 //! The simulation of issue 11: three stores, random online orders beside walk-in sales, pickups, cancels at the
 //! till, receipts, stores going offline and coming back, time passing. Deterministic (a seeded generator), over the
-//! real storage, the real store documents and sync protocol, the real journal upload and the real planner.
+//! real storage, the real store documents and sync protocol, the real journal upload and the real planner, all
+//! driven through the hub library's public API.
 //!
 //! Checked after every step: no store's reservations of a SKU exceed its escrow; every state change is in the
 //! outbox exactly once. At the end (everyone back online, time past every pickup): every reservation ended
@@ -12,16 +13,19 @@ use std::sync::Arc;
 
 use automerge::sync::{Message, State as SyncState, SyncDoc};
 use automerge::{ActorId, Automerge};
+use storesync_hub::docs::{DocError, Docs};
+use storesync_hub::reservations::{
+    EscrowPolicy, ExpiryPolicy, PlannerSettings, follow_policies, plan_once, sync_holds,
+};
+use storesync_hub::storage::prelude::*;
+use storesync_hub::storage::reservations::{HUB_TILL, NewReservation, Reserved};
+use storesync_hub::storage::sqlite::SqliteStorage;
+use storesync_hub::storage::{BatchEvent, IngestBatch, NewEnrollment, NewMovement, NewSubscription, TillId};
+use storesync_hub::{AppState, Clock as _, EnrollLimits, ManualClock};
+use storesync_shared::crdt;
 use storesync_shared::event::{EventBody, Line, SaleBody, Tender, TillReservationBody};
 use storesync_shared::reservation::{ReservationChange, ReservationStatus};
-use storesync_shared::wire::{JournalEvent, UploadRequest};
 use uuid::Uuid;
-
-use super::*;
-use crate::Clock;
-use crate::storage::reservations::conformance::{outbox, till_entry};
-use crate::storage::sqlite::SqliteStorage;
-use crate::storage::{NewEnrollment, NewMovement, Storage, TillId};
 
 const STORES: [&str; 3] = ["S1", "S2", "S3"];
 const SKUS: [&str; 2] = ["A", "B"];
@@ -45,11 +49,70 @@ impl Rng {
     }
 }
 
+/// A subscription to every event, to read the outbox with.
+fn all_events() -> NewSubscription {
+    NewSubscription {
+        id: "all".into(),
+        kind: "webhook".into(),
+        url: "http://127.0.0.1:9/".into(),
+        secret: "s".into(),
+        kinds: vec![],
+        stores: vec![],
+        batch_size: 100,
+        max_attempts: 3,
+        stream: String::new(),
+        subject_prefix: String::new(),
+    }
+}
+
+/// The reservation events in the outbox, as `(kind, store, order_id)`.
+fn outbox(s: &SqliteStorage) -> Vec<(String, String, String)> {
+    s.outbox_after(&all_events(), 0, 10_000)
+        .unwrap()
+        .into_iter()
+        .filter(|e| e.event.till == HUB_TILL)
+        .map(|e| {
+            let body: serde_json::Value = serde_json::from_str(&e.event.body).unwrap();
+            (e.event.kind, e.event.store, body["order_id"].as_str().unwrap_or_default().to_owned())
+        })
+        .collect()
+}
+
+/// A till's journal entry with `body`, uploaded as seq `seq` (chained after `prev`).
+fn till_entry(till: &TillId, seq: u64, prev: &str, body: EventBody) -> BatchEvent {
+    let bytes = body.canonical();
+    let event_id = Uuid::new_v4();
+    let hash = storesync_shared::event_hash(&storesync_shared::canonical::ChainInput {
+        store: &till.store,
+        till: &till.till,
+        seq,
+        event_id,
+        kind: body.kind(),
+        body: &bytes,
+        prev_hash: prev,
+    });
+    BatchEvent {
+        seq,
+        event_id,
+        kind: body.kind(),
+        occurred_at: body.occurred_at().to_owned(),
+        body: serde_json::from_slice(&bytes).unwrap(),
+        prev_hash: prev.to_owned(),
+        hash,
+    }
+}
+
+/// Runs one document operation on the blocking pool, as the hub's handlers do.
+async fn docs<T: Send + 'static>(state: &AppState, f: impl FnOnce(&Docs) -> Result<T, DocError> + Send + 'static) -> T {
+    let docs = state.hub().docs.clone();
+    tokio::task::spawn_blocking(move || f(&docs)).await.unwrap().unwrap()
+}
+
 struct Till {
     id: TillId,
     doc: Automerge,
     sync: SyncState,
-    journal: Vec<JournalEvent>,
+    journal: Vec<BatchEvent>,
     uploaded: u64,
     online: bool,
     journal_id: Uuid,
@@ -115,7 +178,7 @@ async fn sync(state: &AppState, storage: &SqliteStorage, t: &mut Till) {
     if !t.online {
         return;
     }
-    let req = UploadRequest {
+    let batch = IngestBatch {
         journal_id: t.journal_id,
         agent_version: "sim".into(),
         backlog: 0,
@@ -123,12 +186,12 @@ async fn sync(state: &AppState, storage: &SqliteStorage, t: &mut Till) {
         last_seq: t.journal.len() as u64,
         events: t.journal[t.uploaded as usize..].to_vec(),
     };
-    let ack = storage.append_batch(&t.id, &req, state.now()).unwrap();
+    let ack = storage.append_batch(&t.id, &batch, state.now()).unwrap();
     t.uploaded = ack.acked_through;
     for _ in 0..16 {
         let msg = t.doc.generate_sync_message(&mut t.sync).map(Message::encode).unwrap_or_default();
         let (store, now) = (t.id.store.clone(), state.now());
-        let answer = state.docs(move |d| d.sync_round(&store, "T1", 0, &msg, now)).await.unwrap();
+        let answer = docs(state, move |d| d.sync_round(&store, "T1", 0, &msg, now)).await;
         match answer.reply {
             Some(reply) => t.doc.receive_sync_message(&mut t.sync, Message::decode(&reply).unwrap()).unwrap(),
             None if t.doc.generate_sync_message(&mut t.sync).is_none() => return,
@@ -153,8 +216,8 @@ const POLICY: EscrowPolicy = EscrowPolicy { share_pct: 30, floor: 1, cap: 5 };
 async fn simulate(on_expiry: ExpiryPolicy, seed: u64) {
     let dir = tempfile::tempdir().unwrap();
     let storage = Arc::new(SqliteStorage::open(&dir.path().join("hub.db")).unwrap());
-    let clock = Arc::new(crate::ManualClock::new(START));
-    let state = AppState::new(storage.clone(), "token".into(), clock.clone(), crate::EnrollLimits::default())
+    let clock = Arc::new(ManualClock::new(START));
+    let state = AppState::new(storage.clone(), "token".into(), clock.clone(), EnrollLimits::default())
         .with_reservations(Some(storage.clone()))
         .unwrap();
     let settings = PlannerSettings { batch: 7, on_expiry, ..PlannerSettings::default() };
@@ -177,14 +240,14 @@ async fn simulate(on_expiry: ExpiryPolicy, seed: u64) {
         let moves: Vec<NewMovement> =
             SKUS.iter().map(|s| NewMovement { sku: (*s).into(), delta: INITIAL, reason: "receipt".into() }).collect();
         let s = store.to_owned();
-        state.docs(move |d| d.add_movements(&s, &moves, START)).await.unwrap();
+        docs(&state, move |d| d.add_movements(&s, &moves, START)).await;
         for sku in SKUS {
             let policy = (store == "S3" && sku == "B").then_some(&POLICY);
             storage.escrow_set(store, sku, ESCROW, policy, START).unwrap();
             expected.insert((store.into(), sku.into()), INITIAL);
         }
         let (s, escrow) = (store.to_owned(), SKUS.iter().map(|k| ((*k).to_owned(), ESCROW)).collect::<Vec<_>>());
-        state.docs(move |d| d.set_escrow(&s, &escrow, START)).await.unwrap();
+        docs(&state, move |d| d.set_escrow(&s, &escrow, START)).await;
         tills.push(Till {
             id,
             doc: crdt::genesis().with_actor(ActorId::random()),
@@ -272,7 +335,7 @@ async fn simulate(on_expiry: ExpiryPolicy, seed: u64) {
                 let sku = SKUS[rng.below(2)];
                 let m = vec![NewMovement { sku: sku.into(), delta: 4, reason: "receipt".into() }];
                 let (s, now) = (STORES[t].to_owned(), clock.now());
-                state.docs(move |d| d.add_movements(&s, &m, now)).await.unwrap();
+                docs(&state, move |d| d.add_movements(&s, &m, now)).await;
                 *expected.get_mut(&(STORES[t].to_owned(), sku.to_owned())).unwrap() += 4;
             }
             _ => clock.advance(1800),
@@ -320,12 +383,10 @@ async fn simulate(on_expiry: ExpiryPolicy, seed: u64) {
         for sku in SKUS {
             let want = expected[&((*store).to_owned(), sku.to_owned())];
             let (s, k) = ((*store).to_owned(), sku.to_owned());
-            let hub = state
-                .docs(move |d| {
-                    d.read(&s, |doc, _| crdt::on_hand(doc, &crdt::root_map(doc, crdt::STOCK).unwrap(), &k, None))
-                })
-                .await
-                .unwrap();
+            let hub = docs(&state, move |d| {
+                d.read(&s, |doc, _| crdt::on_hand(doc, &crdt::root_map(doc, crdt::STOCK).unwrap(), &k, None))
+            })
+            .await;
             assert_eq!((hub, tills[i].on_hand(sku)), (want, want), "{store} {sku}");
         }
         assert!(tills[i].holds().is_empty(), "{store}'s till still shows holds");
@@ -356,15 +417,13 @@ async fn check_documents(state: &AppState, tills: &[Till]) {
     for t in tills {
         let store = t.id.store.clone();
         let levels = state.reservation_store().unwrap().escrow_levels(&store).unwrap();
-        let in_doc = state
-            .docs(move |d| {
-                d.read(&store, |doc, _| {
-                    let obj = crdt::root_map(doc, crdt::ESCROW).unwrap();
-                    SKUS.iter().map(|k| ((*k).to_owned(), crdt::escrow_of(doc, &obj, k, None))).collect::<Vec<_>>()
-                })
+        let in_doc = docs(state, move |d| {
+            d.read(&store, |doc, _| {
+                let obj = crdt::root_map(doc, crdt::ESCROW).unwrap();
+                SKUS.iter().map(|k| ((*k).to_owned(), crdt::escrow_of(doc, &obj, k, None))).collect::<Vec<_>>()
             })
-            .await
-            .unwrap();
+        })
+        .await;
         for (sku, qty) in in_doc {
             assert_eq!(qty, levels[&sku].escrow, "{} {sku}: the hub's document", t.id.store);
         }
@@ -386,12 +445,8 @@ fn check_always(storage: &SqliteStorage, orders: &[Uuid], step: usize) {
             ids.insert(h.event_id);
         }
     }
-    let events = storage.outbox_after(&crate::storage::reservations::conformance::all_events(), 0, 1_000_000).unwrap();
-    let hub_events: Vec<Uuid> = events
-        .iter()
-        .filter(|e| e.event.till == crate::storage::reservations::HUB_TILL)
-        .map(|e| e.event.event_id)
-        .collect();
+    let events = storage.outbox_after(&all_events(), 0, 1_000_000).unwrap();
+    let hub_events: Vec<Uuid> = events.iter().filter(|e| e.event.till == HUB_TILL).map(|e| e.event.event_id).collect();
     let distinct: BTreeSet<Uuid> = hub_events.iter().copied().collect();
     assert_eq!((hub_events.len(), distinct.len()), (changes, changes), "step {step}: every change once");
     assert_eq!(distinct, ids, "step {step}: the outbox holds exactly the history's events");

@@ -11,8 +11,9 @@
 //!
 //! Run (the hub binary must sit next to this one):
 //! ```text
-//! cargo build -p storesync-hub -p storesync-tests --bins
-//! target/debug/bench_reservations --dir /work/bench-tmp --out reservations.md
+//! cargo build -p storesync-hub -p storesync-tools --bins
+//! mkdir -p bench-tmp
+//! target/debug/bench_reservations --dir bench-tmp --out reservations.md
 //! ```
 
 use std::path::PathBuf;
@@ -22,8 +23,8 @@ use anyhow::{Context, ensure};
 use clap::Parser;
 use serde_json::json;
 use storesync_hub::storage::reservations::ReservationStore;
-use storesync_tests::bench::{device_of, loadavg, ms, pct, sorted};
-use storesync_tests::proc::{Running, hub_command};
+use storesync_tools::bench::{device_of, loadavg, ms, pct, sorted};
+use storesync_tools::proc::{Running, hub_command};
 
 const TOKEN: &str = "ssa_bench_admin_token_0123456789";
 

@@ -23,9 +23,9 @@
 //! with the hub's document until quiescent.
 //!
 //! ```text
-//! CARGO_TARGET_DIR=/work/target-crdt cargo build --release -p storesync-tests --bin bench_crdt
-//! /work/target-crdt/release/bench_crdt --sales 1000000                    # with compaction
-//! /work/target-crdt/release/bench_crdt --sales 1000000 --compact-after 0  # without
+//! cargo build --release -p storesync-tools --bin bench_crdt
+//! target/release/bench_crdt --sales 1000000                    # with compaction
+//! target/release/bench_crdt --sales 1000000 --compact-after 0  # without
 //! ```
 
 use std::collections::{BTreeMap, HashSet};
@@ -75,8 +75,8 @@ struct Args {
     /// ...or once the hub stores more than this many bytes of it; 0 never compacts on size.
     #[arg(long, default_value_t = SyncLimits::default().compact_after_bytes)]
     compact_after_bytes: u64,
-    /// Where the saved documents go.
-    #[arg(long, default_value = "/tmp/bench_crdt")]
+    /// Where the saved documents go (default: `bench_crdt` in the system's temporary folder).
+    #[arg(long, default_value_os_t = std::env::temp_dir().join("bench_crdt"))]
     dir: PathBuf,
     #[arg(long, default_value_t = 7)]
     seed: u64,

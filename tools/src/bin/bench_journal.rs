@@ -8,8 +8,8 @@
 //!
 //! Build and run (the agent binary must sit next to this one):
 //! ```text
-//! CARGO_TARGET_DIR=/work/target-bench cargo build --release -p storesync-tests -p storesync-agent --bins
-//! /work/target-bench/release/bench_journal --rounds 5 --out bench.md
+//! cargo build --release -p storesync-tools -p storesync-agent --bins
+//! target/release/bench_journal --rounds 5 --out bench.md
 //! ```
 
 use std::path::{Path, PathBuf};
@@ -21,9 +21,9 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use clap::Parser;
 use rusqlite::{Connection, params};
-use storesync_tests::bench::{device_of, loadavg, median, ms, pct, sorted, strip_ansi};
-use storesync_tests::proc::{Running, bin, isolate, start_agent};
-use storesync_tests::sales::{SKUS, sale};
+use storesync_tools::bench::{device_of, loadavg, median, ms, pct, sorted, strip_ansi};
+use storesync_tools::proc::{Running, bin, isolate, start_agent};
+use storesync_tools::sales::{SKUS, sale};
 use tokio::sync::Mutex;
 use uuid::Uuid;
 
