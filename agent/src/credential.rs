@@ -77,7 +77,7 @@ pub fn http_client(data_dir: &Path, timeout: std::time::Duration) -> anyhow::Res
     let mut b = reqwest::Client::builder()
         .connect_timeout(std::time::Duration::from_secs(5))
         .timeout(timeout)
-        .user_agent(format!("storesync-agent/{}", crate::update::VERSION))
+        .user_agent(format!("storesync-agent/{}", crate::version::VERSION))
         .tcp_nodelay(true);
     let ca = data_dir.join(CA_FILE);
     if ca.exists() {
@@ -111,7 +111,7 @@ pub async fn enroll(data_dir: &Path, hub_url: &str, code: &str, ca_cert: Option<
         b = b.add_root_certificate(reqwest::Certificate::from_pem(pem)?);
     }
     let client = b.build()?;
-    let req = EnrollRequest { code: code.trim().to_owned(), agent_version: crate::update::VERSION.to_owned() };
+    let req = EnrollRequest { code: code.trim().to_owned(), agent_version: crate::version::VERSION.to_owned() };
     let resp = client
         .post(format!("{hub_url}/v1/enroll"))
         .json(&req)

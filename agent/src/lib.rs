@@ -5,15 +5,20 @@
 //! tests drive the same code.
 
 pub mod api;
+pub mod boot;
 pub mod config;
 pub mod credential;
 pub mod inbox;
 pub mod journal;
-pub mod openapi;
 pub mod reservations;
 pub mod service;
+pub mod signal;
 pub mod sync;
 pub mod update;
+pub mod version;
+
+/// Kept at the crate root for embeddings that stop on ctrl-c or SIGTERM themselves (the demo).
+pub use signal::shutdown_signal;
 
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -246,33 +251,5 @@ async fn supervise_sync(state: Arc<AgentState>, cfg: sync::SyncConfig, shutdown:
                 }
             }
         }
-    }
-}
-
-/// Resolves when the process is asked to stop: ctrl-c, or SIGTERM on Unix.
-pub async fn shutdown_signal() {
-    let ctrl_c = async {
-        if let Err(e) = tokio::signal::ctrl_c().await {
-            tracing::error!(error = %e, "cannot listen for ctrl-c");
-            std::future::pending::<()>().await;
-        }
-    };
-    #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(e) => {
-                tracing::error!(error = %e, "cannot listen for SIGTERM");
-                std::future::pending::<()>().await;
-            }
-        }
-    };
-    #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! {
-        () = ctrl_c => tracing::info!("ctrl-c: stopping"),
-        () = term => tracing::info!("SIGTERM: stopping"),
     }
 }

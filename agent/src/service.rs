@@ -2,11 +2,12 @@
 //!
 //! Design note:
 //! - Linux: systemd runs `storesync-agent --service run` (installers/linux/storesync-agent.service); SIGTERM is the
-//!   stop request and takes the console's path (`shutdown_signal`). Nothing here is Linux-specific.
+//!   stop request and takes the console's path ([`crate::signal`]). Nothing here is Linux-specific.
 //! - Windows: the `windows-service` crate. `service install|uninstall|start|stop` talk to the service control
 //!   manager; `service run` is what the manager starts. It registers a control handler whose Stop and Shutdown
-//!   cancel the same `CancellationToken` that ctrl-c cancels in a console run, then calls the same
-//!   [`crate::run`], so a service stop drains in-flight requests and commits exactly as ctrl-c does.
+//!   end in [`crate::signal::stop`], as ctrl-c does in a console run, then runs the agent through the same
+//!   [`crate::boot::run`] (boot decision, trial), so a service stop drains in-flight requests and commits exactly
+//!   as ctrl-c does.
 //! - The service restarts on failure (three restarts, 5 s apart, counted over a day), including a non-zero exit
 //!   such as the 70 of a stopped journal writer, like `Restart=on-failure` in the systemd unit.
 //! - Self-update on Windows (see `update.rs`): the service swaps the new `.exe` into its own place, spawns
@@ -244,11 +245,10 @@ mod windows {
         let stop_hint = config.shutdown_deadline + Duration::from_secs(10);
         let handle = service_control_handler::register(SERVICE_NAME, move |event| match event {
             ServiceControl::Stop | ServiceControl::Shutdown => {
-                tracing::info!("service stop requested: stopping");
                 if let Some(h) = own.get() {
                     let _ = h.set_service_status(status(ServiceState::StopPending, 0, stop_hint));
                 }
-                on_stop.cancel();
+                crate::signal::stop(&on_stop, "service stop requested");
                 ServiceControlHandlerResult::NoError
             }
             ServiceControl::Interrogate => ServiceControlHandlerResult::NoError,
@@ -257,23 +257,8 @@ mod windows {
         .context("registering the service control handler")?;
         let _ = cell.set(handle);
         handle.set_service_status(status(ServiceState::Running, 0, Duration::ZERO))?;
-        let data_dir = config.data_dir.clone();
-        // A trial that died before confirming is rolled back here (update::boot), before anything else runs.
-        let boot = update::boot(&data_dir);
-        let ran = match &boot {
-            update::Boot::Exec(path) => Ok(crate::Exit::Exec(path.clone())),
-            _ => tokio::runtime::Runtime::new()
-                .context("starting the tokio runtime")
-                .and_then(|rt| rt.block_on(crate::run_until(config, shutdown, boot.clone()))),
-        };
-        let ran = match ran {
-            // A new version that cannot even start fails its health check: back to the previous binary.
-            Err(e) if boot == update::Boot::Trial => match update::finish_trial(&data_dir, Err(format!("{e:#}"))) {
-                Ok(Some(previous)) => Ok(crate::Exit::Exec(previous)),
-                _ => Err(e),
-            },
-            other => other,
-        };
+        // The stop comes from the control handler above, not from signals.
+        let ran = crate::boot::run(config, shutdown, crate::boot::Signals::Ignore);
         let result = match ran {
             Ok(crate::Exit::Stopped) => Ok(()),
             Ok(crate::Exit::Exec(path)) => update::swap_in(&path).and_then(|()| restart_after_stop()).map(|()| {

@@ -35,7 +35,7 @@ use time::OffsetDateTime;
 use tokio_util::sync::CancellationToken;
 
 use crate::credential::{self, Credential};
-use crate::journal::journal_page;
+use crate::journal::ReadPool;
 use crate::{AgentState, HubReach};
 
 /// How the sync loop is tuned.
@@ -141,23 +141,6 @@ pub fn retry_after(resp: &reqwest::Response) -> Duration {
         .map_or(Duration::from_secs(1), Duration::from_secs)
 }
 
-/// What an upload round needs to know about the journal.
-struct UploadView {
-    journal_id: String,
-    last_seq: u64,
-    oldest_unsynced_age_s: u64,
-}
-
-/// [`UploadView`], read without `journal_status`: its `SELECT COUNT(*), MAX(seq)` visits every journal row (the
-/// pair defeats SQLite's min/max optimisation), so a drain re-read the whole journal for every batch. `MAX(seq)`
-/// alone is read off the end of the rowid b-tree; the backlog age comes from [`crate::journal::upload_backlog`], as
-/// in `journal_status`.
-fn upload_view(conn: &rusqlite::Connection, journal_id: String) -> anyhow::Result<UploadView> {
-    let last_seq: Option<u64> = conn.query_row("SELECT MAX(seq) FROM journal", [], |r| r.get(0))?;
-    let (_, oldest_unsynced_age_s) = crate::journal::upload_backlog(conn)?;
-    Ok(UploadView { journal_id, last_seq: last_seq.unwrap_or(0), oldest_unsynced_age_s })
-}
-
 /// One connection to the hub with this till's credential.
 struct Link {
     cred: Credential,
@@ -176,8 +159,8 @@ async fn upload_page(
     limit: usize,
     max_bytes: usize,
 ) -> Result<Vec<JournalEvent>, Failure> {
-    read_journal(state, move |c| {
-        let mut page = journal_page(c, after, limit)?;
+    read_journal(state, move |reads| {
+        let mut page: Vec<JournalEvent> = reads.page(after, limit)?.into_iter().map(JournalEvent::from).collect();
         let mut bytes = 0;
         let mut keep = 0;
         for e in &page {
@@ -250,11 +233,11 @@ impl Link {
     }
 
     async fn round(&mut self, state: &Arc<AgentState>, cfg: &SyncConfig, heartbeat: bool) -> Result<Round, Failure> {
-        let journal_id = state.journal.identity().journal_id.to_string();
-        let js = read_journal(state, move |c| upload_view(c, journal_id)).await?;
+        let journal_id = state.journal.identity().journal_id;
+        let js = read_journal(state, |reads| reads.upload_backlog()).await?;
         let hub_seq = match self.hub_seq {
             Some(s) => s,
-            None => self.learn_hub_seq(&js.journal_id).await?,
+            None => self.learn_hub_seq(&journal_id.to_string()).await?,
         };
         if hub_seq > js.last_seq {
             return Err(Failure::Refused(format!(
@@ -272,8 +255,8 @@ impl Link {
             _ => upload_page(state, hub_seq, limit, max_bytes).await?,
         };
         let req = UploadRequest {
-            journal_id: js.journal_id.parse().map_err(|e| Failure::Refused(format!("journal id: {e}")))?,
-            agent_version: crate::update::VERSION.to_owned(),
+            journal_id,
+            agent_version: crate::version::VERSION.to_owned(),
             // What will still be waiting once this batch is in (more may have been journaled since `js` was read).
             backlog: js.last_seq.saturating_sub(events.last().map_or(hub_seq, |e| e.seq)),
             oldest_unsynced_age_s: js.oldest_unsynced_age_s,
@@ -420,7 +403,7 @@ impl Link {
             Some(e) => e.hash.clone(),
             None => {
                 let seq = ack.acked_through;
-                read_journal(state, move |c| journal_page(c, seq - 1, 1))
+                read_journal(state, move |reads| reads.page(seq - 1, 1))
                     .await?
                     .first()
                     .map(|e| e.hash.clone())
@@ -450,13 +433,13 @@ fn set_status(state: &AgentState, f: impl FnOnce(&mut crate::SyncStatus)) {
     }
 }
 
-/// Runs a journal read on the blocking pool with a pooled read-only connection.
+/// Runs a journal read on the blocking pool.
 async fn read_journal<R: Send + 'static>(
     state: &AgentState,
-    f: impl FnOnce(&rusqlite::Connection) -> anyhow::Result<R> + Send + 'static,
+    f: impl FnOnce(&ReadPool) -> anyhow::Result<R> + Send + 'static,
 ) -> Result<R, Failure> {
     let reads = state.journal.reads().clone();
-    tokio::task::spawn_blocking(move || reads.with(f))
+    tokio::task::spawn_blocking(move || f(&reads))
         .await
         .map_err(|e| Failure::Refused(format!("internal: {e}")))?
         .map_err(|e| Failure::Refused(format!("reading the journal: {e:#}")))

@@ -49,16 +49,8 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
 use crate::AgentState;
-
-/// The version this binary reports and compares. `STORESYNC_VERSION_OVERRIDE` at build time replaces the crate
-/// version (release pipelines and the update tests build real binaries of other versions this way).
-pub const VERSION: &str = match option_env!("STORESYNC_VERSION_OVERRIDE") {
-    Some(v) => v,
-    None => env!("CARGO_PKG_VERSION"),
-};
-
-/// The target triple this binary was built for (from build.rs).
-pub const TARGET: &str = env!("STORESYNC_TARGET");
+// Re-exported for the paths `storesync_agent::update::{VERSION, TARGET}` that callers outside this crate use.
+pub use crate::version::{TARGET, VERSION};
 
 /// Public keys compiled in at build time: `STORESYNC_UPDATE_KEYS`, comma-separated base64.
 const COMPILED_KEYS: Option<&str> = option_env!("STORESYNC_UPDATE_KEYS");

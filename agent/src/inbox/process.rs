@@ -22,8 +22,10 @@ use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 use tokio_util::sync::CancellationToken;
 
-use super::record::{Context, Format, Item, Refusal};
-use super::{Candidate, InboxConfig, PROCESSED, REJECTED, REPORT_SUFFIX};
+use super::config::InboxConfig;
+use super::files::{Candidate, PROCESSED, REJECTED, REPORT_SUFFIX};
+use super::format::Format;
+use super::record::{Context, Item, Refusal};
 use crate::AgentState;
 use crate::journal::{AppendError, AppendOutcome};
 

@@ -105,37 +105,6 @@ pub(crate) struct Context {
     pub(crate) currency: Option<String>,
 }
 
-/// The file formats the inbox takes, by file name extension.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Format {
-    Jsonl,
-    Csv,
-    Poslog,
-}
-
-impl Format {
-    /// The format a file name's extension names (case-insensitive): `.jsonl`, `.csv` or `.xml`.
-    pub fn of(name: &str) -> Option<Format> {
-        let (_, ext) = name.rsplit_once('.')?;
-        match ext.to_ascii_lowercase().as_str() {
-            "jsonl" => Some(Format::Jsonl),
-            "csv" => Some(Format::Csv),
-            "xml" => Some(Format::Poslog),
-            _ => None,
-        }
-    }
-
-    /// The reader of this format over `input`.
-    pub(crate) fn records(self, input: Box<dyn BufRead + Send>, ctx: &Context) -> Items {
-        match self {
-            Format::Jsonl => Box::new(super::jsonl::Records::new(input)),
-            Format::Csv => Box::new(super::csv_file::Records::new(input, ctx.clone())),
-            Format::Poslog => Box::new(super::poslog::Records::new(input, ctx.clone())),
-        }
-    }
-}
-
 /// The event id of a record that carries none of its own: UUIDv5 of [`NAMESPACE`] and `parts` (joined by U+001F,
 /// which no part may hold unnoticed: it is a control character every id and SKU refuses).
 pub(crate) fn derived_id(parts: &[&str]) -> Uuid {
@@ -204,17 +173,6 @@ pub(crate) fn read_line_bounded(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn formats_come_from_the_extension() {
-        assert_eq!(Format::of("sales.jsonl"), Some(Format::Jsonl));
-        assert_eq!(Format::of("SALES.JSONL"), Some(Format::Jsonl));
-        assert_eq!(Format::of("tlog-2026-11-26.xml"), Some(Format::Poslog));
-        assert_eq!(Format::of("export.csv"), Some(Format::Csv));
-        assert_eq!(Format::of("export.csv.tmp"), None);
-        assert_eq!(Format::of("export"), None);
-        assert_eq!(Format::of("export.json"), None);
-    }
 
     #[test]
     fn lines_are_bounded_and_split_on_newlines() {

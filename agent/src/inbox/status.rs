@@ -10,7 +10,7 @@ use std::sync::Mutex;
 use serde::Serialize;
 use serde_json::Value;
 
-use super::{REJECTED, REPORT_SUFFIX, scan};
+use super::files::{REJECTED, REPORT_SUFFIX, scan};
 
 /// The last error the inbox met.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]

@@ -17,9 +17,10 @@ use time::format_description::well_known::Rfc3339;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
+use super::config::InboxConfig;
+use super::files::{Candidate, PROCESSED, REJECTED, REPORT_SUFFIX, looks_complete, scan};
 use super::process::{self, Done, Later};
 use super::status::{self, LastError};
-use super::{Candidate, InboxConfig, PROCESSED, REJECTED, looks_complete, scan};
 use crate::AgentState;
 
 /// The shortest pause between two listings after a notification (a writer appending in a tight loop would
@@ -311,7 +312,7 @@ async fn handle(
                 at: now_text(),
                 file: report
                     .file_name()
-                    .map(|n| n.to_string_lossy().trim_end_matches(super::REPORT_SUFFIX).to_owned())
+                    .map(|n| n.to_string_lossy().trim_end_matches(REPORT_SUFFIX).to_owned())
                     .unwrap_or_else(|| file.name.clone()),
                 record,
                 code: first.code.to_owned(),

@@ -17,13 +17,15 @@
 
 use std::collections::BTreeMap;
 
-use automerge::ActorId;
+use anyhow::Context;
 use automerge::sync::{Message, State, SyncDoc};
+use automerge::{ActorId, Automerge};
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 use storesync_shared::{EventKind, crdt};
 use tokio::sync::oneshot;
 
-use super::AppendError;
+use super::append::AppendError;
+use super::state::DocState;
 
 /// The largest epoch snapshot or sync message this agent loads.
 pub(crate) const MAX_DOC_BYTES: usize = 64 * 1024 * 1024;
@@ -69,6 +71,42 @@ pub(super) fn load_epoch(conn: &Connection) -> anyhow::Result<u64> {
     Ok(v.and_then(|v| v.parse().ok()).unwrap_or(0))
 }
 
+/// Loads the store document: the snapshot (or the genesis document) plus every incremental change after it.
+pub(super) fn load_doc(conn: &Connection) -> anyhow::Result<(Automerge, i64)> {
+    let snapshot: Option<Vec<u8>> =
+        conn.query_row("SELECT bytes FROM doc_snapshot WHERE id = 1", [], |r| r.get(0)).optional()?;
+    // One `load` of the snapshot followed by every change chunk: automerge reads concatenated chunks in one pass,
+    // which is far cheaper than applying thousands of small chunks one by one.
+    let mut all = snapshot.unwrap_or_else(|| crdt::genesis().save());
+    let mut stmt = conn.prepare("SELECT bytes FROM doc_changes ORDER BY id")?;
+    let mut rows = stmt.query([])?;
+    let mut n = 0;
+    while let Some(row) = rows.next()? {
+        let bytes: Vec<u8> = row.get(0)?;
+        all.extend_from_slice(&bytes);
+        n += 1;
+    }
+    let mut doc = Automerge::load(&all).context("loading the store document")?;
+    doc.set_actor(ActorId::random());
+    Ok((doc, n))
+}
+
+/// The last journal seq the stored document holds. Journals written before `doc_through` existed kept the document
+/// in step with every commit, so for them it is the last seq.
+pub(super) fn doc_through(conn: &Connection, last_seq: u64) -> rusqlite::Result<u64> {
+    let v: Option<String> =
+        conn.query_row("SELECT value FROM meta WHERE key = 'doc_through'", [], |r| r.get(0)).optional()?;
+    Ok(v.and_then(|v| v.parse().ok()).unwrap_or(last_seq))
+}
+
+pub(super) fn set_doc_through(tx: &Connection, seq: u64) -> rusqlite::Result<()> {
+    tx.execute(
+        "INSERT INTO meta (key, value) VALUES ('doc_through', ?1) ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+        [seq.to_string()],
+    )
+    .map(drop)
+}
+
 /// The stock effect of every journal entry after `after_seq` ([`crdt::journal_effects`]; a void's target is read
 /// from the journal when it lies at or before `after_seq`).
 pub(super) fn journal_effects_after(conn: &Connection, after_seq: u64) -> anyhow::Result<BTreeMap<String, i64>> {
@@ -97,7 +135,7 @@ pub(super) fn journal_effects_after(conn: &Connection, after_seq: u64) -> anyhow
 /// What the writer needs to run a document command.
 pub(super) struct DocCtx<'a> {
     pub conn: &'a mut Connection,
-    pub docs: &'a std::sync::RwLock<super::DocState>,
+    pub docs: &'a std::sync::RwLock<DocState>,
     pub sync: &'a mut State,
     pub till: &'a str,
     pub pending_changes: &'a mut i64,
@@ -170,7 +208,7 @@ impl DocCtx<'_> {
     }
 
     fn reload_doc(&mut self) {
-        match super::writer::load_doc(self.conn) {
+        match load_doc(self.conn) {
             Ok((doc, n)) => {
                 *self.pending_changes = n;
                 if let Ok(mut d) = self.docs.write() {
@@ -208,7 +246,7 @@ impl DocCtx<'_> {
                 "INSERT INTO meta (key, value) VALUES ('epoch', ?1) ON CONFLICT (key) DO UPDATE SET value = excluded.value",
                 params![epoch.to_string()],
             )?;
-            super::writer::set_doc_through(&tx, last_seq)?;
+            set_doc_through(&tx, last_seq)?;
             tx.commit()
         };
         write().map_err(db_err)?;

@@ -26,145 +26,47 @@
 //! # Concurrency
 //! One writer thread owns the only write connection ([`writer`]). Handlers send it commands over a bounded channel;
 //! it applies every command waiting in the channel in one transaction and commits once (group commit), then
-//! answers each. Readers use their own read-only connections ([`reader`]) and never block the writer. The document
-//! lives in memory behind a lock; readers read it at the heads of the last *committed* change plus the committed
-//! movements not yet folded into it, so nobody sees stock that a failed commit is about to discard. WAL checkpoints
-//! run on their own thread and connection ([`checkpoint`]), never inside a group's COMMIT.
+//! answers each. Readers use their own read-only connections ([`reader`]) and never block the writer; they get
+//! typed answers ([`Entry`], [`JournalStatus`], ...), never a connection, so no SQL lives outside this module. The
+//! document lives in memory behind a lock; readers read it at the heads of the last *committed* change plus the
+//! committed movements not yet folded into it, so nobody sees stock that a failed commit is about to discard. WAL
+//! checkpoints run on their own thread and connection ([`checkpoint`]), never inside a group's COMMIT.
 //!
 //! # Recovery
 //! At start the document is loaded from the snapshot plus the changes, the chain head from the last journal
-//! row, and the stock movements of the journal entries after `doc_through` are re-derived from the journal. A failed COMMIT (disk full, I/O error) fails every command of its batch with [`AppendError::Unavailable`]
-//! and the writer reloads both from the database, so memory never runs ahead of disk.
+//! row, and the stock movements of the journal entries after `doc_through` are re-derived from the journal. A
+//! failed COMMIT (disk full, I/O error) fails every command of its batch with [`AppendError::Unavailable`] and the
+//! writer reloads both from the database, so memory never runs ahead of disk.
 
+mod append;
 mod checkpoint;
+mod command;
 mod doc;
+mod entry;
+mod queries;
 mod reader;
 mod schema;
+mod state;
 mod writer;
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 
-use automerge::{Automerge, ChangeHash};
 use storesync_shared::EventBody;
-use storesync_shared::wire::Receipt;
 use tokio::sync::{mpsc, oneshot};
 use uuid::Uuid;
 
-pub use reader::{
-    JournalStatus, ReadPool, Verified, VerifyError, journal_page, journal_status, upload_backlog, verify_chain,
-};
-pub use schema::{Identity, IdentityClaim, open_read_only, valid_id};
+pub use append::{AppendError, AppendOutcome, Appended};
+pub use entry::Entry;
+pub use queries::{JournalStatus, UploadBacklog, Verified, VerifyError};
+pub use reader::{JournalFile, ReadPool, journal_page, journal_status, open_read_only, verify_chain};
+pub use schema::{Identity, IdentityClaim, valid_id};
+pub use state::{DocState, WriterStats};
+
+use command::Command;
 
 /// How many commands may wait for the writer before callers are told to come back later.
 pub const QUEUE_BOUND: usize = 4096;
-
-/// The store's document as the writer last committed it.
-pub struct DocState {
-    pub doc: Automerge,
-    /// The CRDT epoch of `doc` (see `doc.rs`).
-    pub epoch: u64,
-    /// Heads of the last change that is durably in SQLite. Readers read at these heads.
-    pub committed_heads: Vec<ChangeHash>,
-    /// Keys of this till's own stock counters, so the writer can increment without reading them.
-    pub own_keys: std::collections::HashSet<String>,
-    /// This till's stock movements that are durably journaled but not yet folded into `doc` (see `writer.rs`).
-    /// Readers add them to what `doc` says.
-    pub unfolded: std::collections::HashMap<String, i64>,
-    /// The escrow of every SKU that has one, at `committed_heads` (see [`DocState::commit_heads`]): every walk-in
-    /// sale asks it (`crate::reservations`), and a map lookup is far cheaper than an automerge read at heads.
-    pub escrow: std::collections::HashMap<String, i64>,
-}
-
-impl DocState {
-    /// Replaces the document (after a reload or an epoch switch), recomputing what derives from it.
-    pub(crate) fn replace(&mut self, doc: Automerge, till: &str) {
-        self.own_keys = storesync_shared::crdt::root_map(&doc, storesync_shared::crdt::STOCK)
-            .map(|s| storesync_shared::crdt::writer_keys(&doc, &s, till))
-            .unwrap_or_default();
-        self.doc = doc;
-        self.commit_heads();
-    }
-
-    /// Readers now read at the document's current heads: it is durably in SQLite. Refreshes what derives from them.
-    pub(crate) fn commit_heads(&mut self) {
-        use storesync_shared::crdt;
-        self.committed_heads = self.doc.get_heads();
-        self.escrow = crdt::root_map(&self.doc, crdt::ESCROW).map(|e| crdt::escrows(&self.doc, &e)).unwrap_or_default();
-    }
-
-    /// Units of `sku` on hand as readers see them: the committed document plus the unfolded movements.
-    pub fn on_hand(&self, sku: &str) -> i64 {
-        use storesync_shared::crdt;
-        let unfolded = self.unfolded.get(sku).copied().unwrap_or(0);
-        crdt::root_map(&self.doc, crdt::STOCK)
-            .map_or(0, |stock| crdt::on_hand(&self.doc, &stock, sku, Some(&self.committed_heads)))
-            + unfolded
-    }
-}
-
-/// What the writer has done since the agent started.
-#[derive(Debug, Default)]
-pub struct WriterStats {
-    groups: std::sync::atomic::AtomicU64,
-    events: std::sync::atomic::AtomicU64,
-}
-
-impl WriterStats {
-    fn record_group(&self, events: u64) {
-        use std::sync::atomic::Ordering::Relaxed;
-        self.groups.fetch_add(1, Relaxed);
-        self.events.fetch_add(events, Relaxed);
-    }
-
-    /// Group commits made, and the events they journaled.
-    pub fn get(&self) -> (u64, u64) {
-        use std::sync::atomic::Ordering::Relaxed;
-        (self.groups.load(Relaxed), self.events.load(Relaxed))
-    }
-}
-
-/// The outcome of an append.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum AppendOutcome {
-    /// Newly journaled.
-    Created(Receipt),
-    /// The same `event_id` with the same body was journaled before; nothing was written.
-    Existing(Receipt),
-}
-
-/// Why an append was refused.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum AppendError {
-    /// The request conflicts with what is journaled (HTTP 409).
-    #[error("{code}: {detail}")]
-    Conflict { code: &'static str, detail: String },
-    /// The request refers to something that does not exist (HTTP 422).
-    #[error("{code}: {detail}")]
-    Invalid { code: &'static str, detail: String },
-    /// The journal cannot be written now (disk full, read-only, I/O error, overload); nothing was written (HTTP 503).
-    #[error("journal unavailable: {0}")]
-    Unavailable(String),
-}
-
-pub(crate) enum Command {
-    Append {
-        event_id: Option<Uuid>,
-        body: EventBody,
-        /// `body`'s canonical JSON, made by the caller so the writer's critical path does not.
-        canonical: String,
-        reply: oneshot::Sender<Result<AppendOutcome, AppendError>>,
-    },
-    MarkSynced {
-        through: u64,
-        hash: String,
-        reply: oneshot::Sender<Result<(), AppendError>>,
-    },
-    Doc(doc::DocCommand),
-    /// Commit what is queued before this, answer everything after it `503`, and stop, even while handles live
-    /// (the stop deadline: requests still in flight then were never answered, so nothing acknowledged is lost).
-    Close,
-}
 
 /// Handle to an open journal. Cheap to clone.
 #[derive(Clone)]

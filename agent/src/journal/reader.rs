@@ -1,21 +1,24 @@
-//! Read-only access to the journal: pages of events, status, the chain check, and stock and prices read from the
-//! document at its last committed heads. Every function here is blocking; async callers use `spawn_blocking`.
+//! Read-only access to the journal, typed: pages of entries, status, the upload backlog, this till's reservation
+//! events, the chain check, and stock and prices read from the document at its last committed heads.
+//!
+//! The running agent reads through [`ReadPool`], a small pool of read-only connections; the CLI opens the file on
+//! its own with [`open_read_only`]. Either way no connection leaves `journal/`: callers get typed answers. Every
+//! method here is blocking; async callers use `spawn_blocking`.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, RwLock};
 
 use anyhow::Context;
-use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
-use serde::Serialize;
-use storesync_shared::EventKind;
-use storesync_shared::canonical::ChainError;
+use rusqlite::{Connection, OpenFlags};
+use storesync_shared::EventBody;
 use storesync_shared::crdt::{self, PriceView};
 use storesync_shared::wire::JournalEvent;
 use time::OffsetDateTime;
-use time::format_description::well_known::Rfc3339;
 
-use super::DocState;
-use super::schema::{Identity, read_identity};
+use super::entry::Entry;
+use super::queries::{self, JournalStatus, UploadBacklog, Verified, VerifyError};
+use super::schema::{Identity, open_connection_read_only};
+use super::state::DocState;
 
 /// A small pool of read-only connections.
 pub struct ReadPool {
@@ -29,8 +32,8 @@ impl ReadPool {
         ReadPool { path, conns: Mutex::new(Vec::new()), docs }
     }
 
-    /// Runs `f` with a pooled read-only connection. Blocking.
-    pub fn with<R>(&self, f: impl FnOnce(&Connection) -> anyhow::Result<R>) -> anyhow::Result<R> {
+    /// Runs `f` with a pooled read-only connection.
+    fn with<R>(&self, f: impl FnOnce(&Connection) -> anyhow::Result<R>) -> anyhow::Result<R> {
         let pooled = self.conns.lock().ok().and_then(|mut c| c.pop());
         let conn = match pooled {
             Some(c) => c,
@@ -53,6 +56,27 @@ impl ReadPool {
         out
     }
 
+    /// At most `limit` entries after `after_seq`, in seq order.
+    pub fn page(&self, after_seq: u64, limit: usize) -> anyhow::Result<Vec<Entry>> {
+        self.with(|c| queries::page(c, after_seq, limit))
+    }
+
+    /// The journal's figures (a full count of the journal: not for a hot path).
+    pub fn status(&self) -> anyhow::Result<JournalStatus> {
+        self.with(queries::status)
+    }
+
+    /// The last seq and the age of the oldest unacknowledged entry, cheaply (see [`UploadBacklog`]).
+    pub fn upload_backlog(&self) -> anyhow::Result<UploadBacklog> {
+        self.with(queries::upload_backlog)
+    }
+
+    /// This till's own picks, cancels and reservation-collecting sales among its newest `window` entries, in seq
+    /// order.
+    pub fn reservation_events(&self, window: u64) -> anyhow::Result<Vec<EventBody>> {
+        self.with(|c| queries::reservation_events(c, window))
+    }
+
     /// Stock on hand of `sku` as last committed: the document plus this till's movements not yet folded into it.
     pub fn on_hand(&self, sku: &str) -> i64 {
         self.docs.read().map_or(0, |d| d.on_hand(sku))
@@ -70,124 +94,45 @@ impl ReadPool {
     }
 }
 
-/// One page of the journal, after `after_seq`, in seq order.
-pub fn journal_page(conn: &Connection, after_seq: u64, limit: usize) -> anyhow::Result<Vec<JournalEvent>> {
-    let mut stmt = conn.prepare_cached(
-        "SELECT seq, event_id, kind, occurred_at, body, prev_hash, hash FROM journal WHERE seq > ?1 ORDER BY seq LIMIT ?2",
-    )?;
-    let rows = stmt.query_map(params![after_seq, limit as i64], |r| {
-        Ok((
-            r.get::<_, u64>(0)?,
-            r.get::<_, String>(1)?,
-            r.get::<_, String>(2)?,
-            r.get::<_, String>(3)?,
-            r.get::<_, String>(4)?,
-            r.get::<_, String>(5)?,
-            r.get::<_, String>(6)?,
-        ))
-    })?;
-    let mut out = Vec::new();
-    for row in rows {
-        let (seq, event_id, kind, occurred_at, body, prev_hash, hash) = row?;
-        out.push(JournalEvent {
-            seq,
-            event_id: event_id.parse().with_context(|| format!("seq {seq}: event_id"))?,
-            kind: EventKind::parse(&kind).with_context(|| format!("seq {seq}: unknown kind {kind:?}"))?,
-            occurred_at,
-            body: serde_json::from_str(&body).with_context(|| format!("seq {seq}: body"))?,
-            prev_hash,
-            hash,
-        });
+/// A journal file opened read-only outside a running agent (the CLI's `status`, `verify-journal` and `export`).
+pub struct JournalFile {
+    conn: Connection,
+}
+
+impl JournalFile {
+    /// The journal's figures.
+    pub fn status(&self) -> anyhow::Result<JournalStatus> {
+        queries::status(&self.conn)
     }
-    Ok(out)
-}
 
-/// What `GET /v1/status` and `storesync-agent status` report about the journal itself.
-#[derive(Debug, Clone, Serialize)]
-pub struct JournalStatus {
-    pub store_id: String,
-    pub till_id: String,
-    pub journal_id: String,
-    pub journal_len: u64,
-    pub last_seq: u64,
-    pub acked_seq: u64,
-    pub unsynced: u64,
-    pub oldest_unsynced_age_s: u64,
-}
-
-/// How far the hub has acknowledged (`acked_seq`), and the age in seconds of the oldest entry after that.
-pub fn upload_backlog(conn: &Connection) -> anyhow::Result<(u64, u64)> {
-    let acked: u64 =
-        conn.query_row("SELECT acked_seq FROM upload_cursor WHERE id = 1", [], |r| r.get(0)).optional()?.unwrap_or(0);
-    let oldest: Option<String> = conn
-        .query_row("SELECT recorded_at FROM journal WHERE seq > ?1 ORDER BY seq LIMIT 1", [acked], |r| r.get(0))
-        .optional()?;
-    let age = oldest
-        .and_then(|t| OffsetDateTime::parse(&t, &Rfc3339).ok())
-        .map_or(0, |t| (OffsetDateTime::now_utc() - t).whole_seconds().max(0) as u64);
-    Ok((acked, age))
-}
-
-pub fn journal_status(conn: &Connection) -> anyhow::Result<JournalStatus> {
-    let identity = read_identity(conn)?;
-    let (len, last_seq): (u64, Option<u64>) =
-        conn.query_row("SELECT COUNT(*), MAX(seq) FROM journal", [], |r| Ok((r.get(0)?, r.get(1)?)))?;
-    let last_seq = last_seq.unwrap_or(0);
-    let (acked, oldest_unsynced_age_s) = upload_backlog(conn)?;
-    Ok(JournalStatus {
-        store_id: identity.store_id,
-        till_id: identity.till_id,
-        journal_id: identity.journal_id.to_string(),
-        journal_len: len,
-        last_seq,
-        acked_seq: acked,
-        unsynced: last_seq.saturating_sub(acked),
-        oldest_unsynced_age_s,
-    })
-}
-
-/// Why a journal does not verify.
-#[derive(Debug, thiserror::Error)]
-pub enum VerifyError {
-    #[error("{0}")]
-    Chain(#[from] ChainError),
-    #[error("journal unreadable: {0:#}")]
-    Unreadable(#[from] anyhow::Error),
-}
-
-/// The outcome of a successful verification.
-#[derive(Debug, Clone, Serialize)]
-pub struct Verified {
-    pub events: u64,
-    pub head_hash: String,
-    /// Append-only triggers that are missing (an attacker dropped them); the chain still verified.
-    pub missing_triggers: Vec<String>,
-}
-
-/// Walks the whole chain from genesis, recomputing every hash. Names the first bad seq.
-pub fn verify_chain(conn: &Connection) -> Result<Verified, VerifyError> {
-    let identity: Identity = read_identity(conn)?;
-    let mut prev = (0u64, storesync_shared::genesis_hash(&identity.store_id, &identity.till_id));
-    let mut after = 0;
-    loop {
-        let page = journal_page(conn, after, 1000).map_err(VerifyError::Unreadable)?;
-        if page.is_empty() {
-            break;
-        }
-        for ev in &page {
-            ev.verify(&identity.store_id, &identity.till_id, (prev.0, &prev.1))?;
-            prev = (ev.seq, ev.hash.clone());
-        }
-        after = prev.0;
+    /// At most `limit` entries after `after_seq`, in seq order.
+    pub fn page(&self, after_seq: u64, limit: usize) -> anyhow::Result<Vec<Entry>> {
+        queries::page(&self.conn, after_seq, limit)
     }
-    let mut missing_triggers = Vec::new();
-    for t in ["journal_no_update", "journal_no_delete"] {
-        let n: i64 = conn
-            .query_row("SELECT COUNT(*) FROM sqlite_master WHERE type = 'trigger' AND name = ?1", [t], |r| r.get(0))
-            .map_err(|e| VerifyError::Unreadable(e.into()))?;
-        if n == 0 {
-            missing_triggers.push(t.to_owned());
-        }
+
+    /// Walks the whole chain from genesis, recomputing every hash. Names the first bad seq.
+    pub fn verify(&self) -> Result<Verified, VerifyError> {
+        queries::verify_chain(&self.conn)
     }
-    Ok(Verified { events: prev.0, head_hash: prev.1, missing_triggers })
+}
+
+/// Opens an existing journal read-only, and reads its identity.
+pub fn open_read_only(path: &Path) -> anyhow::Result<(JournalFile, Identity)> {
+    let (conn, identity) = open_connection_read_only(path)?;
+    Ok((JournalFile { conn }, identity))
+}
+
+/// [`JournalFile::status`].
+pub fn journal_status(file: &JournalFile) -> anyhow::Result<JournalStatus> {
+    file.status()
+}
+
+/// [`JournalFile::verify`].
+pub fn verify_chain(file: &JournalFile) -> Result<Verified, VerifyError> {
+    file.verify()
+}
+
+/// [`JournalFile::page`], each entry in its wire form: what `storesync-agent export` writes, one a line.
+pub fn journal_page(file: &JournalFile, after_seq: u64, limit: usize) -> anyhow::Result<Vec<JournalEvent>> {
+    Ok(file.page(after_seq, limit)?.into_iter().map(JournalEvent::from).collect())
 }

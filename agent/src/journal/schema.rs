@@ -159,7 +159,7 @@ pub fn valid_id(s: &str) -> bool {
 }
 
 /// Opens a read-only connection to an existing journal, and reads its identity.
-pub fn open_read_only(path: &Path) -> anyhow::Result<(Connection, Identity)> {
+pub(super) fn open_connection_read_only(path: &Path) -> anyhow::Result<(Connection, Identity)> {
     if !path.exists() {
         bail!("no journal at {}", path.display());
     }

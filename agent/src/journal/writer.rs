@@ -23,21 +23,23 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, RwLock};
 
 use anyhow::Context;
+use automerge::Automerge;
 use automerge::transaction::CommitOptions;
-use automerge::{ActorId, Automerge};
 use rusqlite::{Connection, ErrorCode, OptionalExtension, Transaction, TransactionBehavior, params};
 use storesync_shared::canonical::{ChainInput, event_hash};
 use storesync_shared::crdt;
 use storesync_shared::event::negate;
-use storesync_shared::wire::Receipt;
 use storesync_shared::{EventBody, EventKind};
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 use tokio::sync::mpsc;
 use uuid::Uuid;
 
+use super::append::{AppendError, AppendOutcome, Appended};
+use super::command::Command;
+use super::doc::{doc_through, load_doc, set_doc_through};
 use super::schema::Identity;
-use super::{AppendError, AppendOutcome, Command, DocState};
+use super::state::{DocState, WriterStats};
 
 /// The most commands one group commit takes.
 pub(crate) const MAX_GROUP: usize = 512;
@@ -63,10 +65,10 @@ struct WriterState {
     pending_changes: i64,
     /// The last journal seq whose stock movement the document (as stored) holds.
     doc_through: u64,
-    stats: Arc<super::WriterStats>,
+    stats: Arc<WriterStats>,
 }
 
-/// Is this SQLite failure about the disk or the file rather than our statement? Then it is a 503.
+/// Is this SQLite failure about the disk or the file rather than our statement?
 fn is_unavailable(e: &rusqlite::Error) -> bool {
     matches!(
         e.sqlite_error_code(),
@@ -92,26 +94,6 @@ fn unavailable(e: &rusqlite::Error) -> AppendError {
     }
 }
 
-/// Loads the store document: the snapshot (or the genesis document) plus every incremental change after it.
-pub(super) fn load_doc(conn: &Connection) -> anyhow::Result<(Automerge, i64)> {
-    let snapshot: Option<Vec<u8>> =
-        conn.query_row("SELECT bytes FROM doc_snapshot WHERE id = 1", [], |r| r.get(0)).optional()?;
-    // One `load` of the snapshot followed by every change chunk: automerge reads concatenated chunks in one pass,
-    // which is far cheaper than applying thousands of small chunks one by one.
-    let mut all = snapshot.unwrap_or_else(|| crdt::genesis().save());
-    let mut stmt = conn.prepare("SELECT bytes FROM doc_changes ORDER BY id")?;
-    let mut rows = stmt.query([])?;
-    let mut n = 0;
-    while let Some(row) = rows.next()? {
-        let bytes: Vec<u8> = row.get(0)?;
-        all.extend_from_slice(&bytes);
-        n += 1;
-    }
-    let mut doc = Automerge::load(&all).context("loading the store document")?;
-    doc.set_actor(ActorId::random());
-    Ok((doc, n))
-}
-
 fn chain_head(conn: &Connection, identity: &Identity) -> rusqlite::Result<(u64, String)> {
     let head: Option<(u64, String)> = conn
         .query_row("SELECT seq, hash FROM journal ORDER BY seq DESC LIMIT 1", [], |r| Ok((r.get(0)?, r.get(1)?)))
@@ -121,22 +103,6 @@ fn chain_head(conn: &Connection, identity: &Identity) -> rusqlite::Result<(u64, 
 
 fn now_rfc3339() -> String {
     OffsetDateTime::now_utc().format(&Rfc3339).unwrap_or_default()
-}
-
-/// The last journal seq the stored document holds. Journals written before `doc_through` existed kept the document
-/// in step with every commit, so for them it is the last seq.
-pub(super) fn doc_through(conn: &Connection, last_seq: u64) -> rusqlite::Result<u64> {
-    let v: Option<String> =
-        conn.query_row("SELECT value FROM meta WHERE key = 'doc_through'", [], |r| r.get(0)).optional()?;
-    Ok(v.and_then(|v| v.parse().ok()).unwrap_or(last_seq))
-}
-
-pub(super) fn set_doc_through(tx: &Connection, seq: u64) -> rusqlite::Result<()> {
-    tx.execute(
-        "INSERT INTO meta (key, value) VALUES ('doc_through', ?1) ON CONFLICT (key) DO UPDATE SET value = excluded.value",
-        [seq.to_string()],
-    )
-    .map(drop)
 }
 
 /// Everything the writer derives from the database: the document, how many changes follow its snapshot, the chain
@@ -162,7 +128,7 @@ impl Writer {
     pub(super) fn new(
         mut conn: Connection,
         identity: Arc<Identity>,
-        stats: Arc<super::WriterStats>,
+        stats: Arc<WriterStats>,
     ) -> anyhow::Result<(Writer, Arc<RwLock<DocState>>)> {
         // Checkpoints run on their own thread, woken by the writer's commits (see `checkpoint`).
         let path = conn.path().map(std::path::PathBuf::from).context("the journal has no file")?;
@@ -500,7 +466,7 @@ fn append_one(
             .optional()?;
         if let Some((seq, k, b, hash)) = existing {
             let res = if k == kind.as_str() && b == canonical {
-                Ok(AppendOutcome::Existing(Receipt { event_id: id, seq, hash, warnings: Vec::new() }))
+                Ok(AppendOutcome::Existing(Appended { event_id: id, seq, hash }))
             } else {
                 Err(AppendError::Conflict {
                     code: "event_id_conflict",
@@ -548,7 +514,7 @@ fn append_one(
     }
     *last_seq = seq;
     *last_hash = hash.clone();
-    Ok((Ok(AppendOutcome::Created(Receipt { event_id, seq, hash, warnings: Vec::new() })), effect))
+    Ok((Ok(AppendOutcome::Created(Appended { event_id, seq, hash })), effect))
 }
 
 /// The stock effect of voiding `target`, or why it cannot be voided.
@@ -617,7 +583,7 @@ impl Reply {
     }
 
     /// The group failed: nothing of it was written. Refusals stay true (they wrote nothing); writes, and repeats of
-    /// writes made earlier in this same group, become 503s.
+    /// writes made earlier in this same group, are answered with the group's error (unavailable).
     fn fail(self, e: &AppendError, committed_through: u64) {
         match self {
             Reply::Append(tx, r) => {

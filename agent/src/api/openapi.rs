@@ -1,14 +1,16 @@
 //! The POS API's OpenAPI 3.1 document, served at `GET /openapi.json` (loopback and unauthenticated, like the rest
 //! of the POS API).
 //!
-//! Completeness: the router and this document are built from one list, [`crate::api::routes`], where every route
-//! is registered with `utoipa_axum::routes!` from its `#[utoipa::path]` handler. The tests below check the rest:
-//! every documented (method, path) is served (it reaches a handler, not the fallback, and is not 405), a
+//! Completeness: the router and this document are built from one list, `api::routes::routes`, where every route is
+//! registered with `utoipa_axum::routes!` from its `#[utoipa::path]` handler; this file holds the document's frame
+//! ([`base`]), its finishing touches ([`finish`]), and the handler that serves it. The router publishes the
+//! document it was built with ([`publish`]), so this file needs nothing of the route list. The tests below check
+//! the rest: every documented (method, path) is served (it reaches a handler, not the fallback, and is not 405), a
 //! documented path answers 405 to every method the document does not give it, and the endpoint table in
 //! docs/API.md (between `<!-- endpoints: agent -->` and `<!-- /endpoints -->`) names exactly the document's
 //! endpoints, as does every `` `METHOD /path` `` the POS API section of docs/API.md mentions.
 
-use std::sync::LazyLock;
+use std::sync::OnceLock;
 
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -18,7 +20,7 @@ use utoipa::openapi::schema::{KnownFormat, ObjectBuilder, Schema, SchemaFormat, 
 
 use storesync_shared::wire::{ErrorBody, Receipt};
 
-use crate::api::ApiError;
+use super::error::ApiError;
 
 #[derive(OpenApi)]
 #[openapi(
@@ -39,9 +41,9 @@ use crate::api::ApiError;
 struct ApiDoc;
 
 /// The document's info and tags, before the routes add their operations.
-pub(crate) fn base() -> utoipa::openapi::OpenApi {
+pub(super) fn base() -> utoipa::openapi::OpenApi {
     let mut doc = ApiDoc::openapi();
-    doc.info.version = crate::update::VERSION.to_owned();
+    doc.info.version = crate::version::VERSION.to_owned();
     doc
 }
 
@@ -49,9 +51,8 @@ pub(crate) fn base() -> utoipa::openapi::OpenApi {
 /// out before the body is read), so their schemas gain it here.
 const WRITE_BODIES: [&str; 5] = ["SaleBody", "ReturnBody", "VoidBody", "TransferBody", "AdjustmentBody"];
 
-/// The POS API's OpenAPI document: the operations of every route [`crate::api::router`] serves.
-pub fn document() -> utoipa::openapi::OpenApi {
-    let mut doc = crate::api::routes().into_openapi();
+/// The routes' document made whole: the write bodies gain their `event_id`.
+pub(super) fn finish(mut doc: utoipa::openapi::OpenApi) -> utoipa::openapi::OpenApi {
     if let Some(components) = doc.components.as_mut() {
         for name in WRITE_BODIES {
             if let Some(RefOr::T(Schema::Object(obj))) = components.schemas.get_mut(name) {
@@ -69,14 +70,20 @@ pub fn document() -> utoipa::openapi::OpenApi {
     doc
 }
 
-/// The served document, encoded once.
-static DOCUMENT: LazyLock<Option<String>> = LazyLock::new(|| document().to_json().ok());
+/// The served document, encoded once (`None`: it cannot be encoded).
+static SERVED: OnceLock<Option<String>> = OnceLock::new();
+
+/// Makes `doc` (the routes' document, before [`finish`]) the one `GET /openapi.json` serves. The first router
+/// built publishes it; every router is built from the same routes, so later ones would publish the same.
+pub(super) fn publish(doc: utoipa::openapi::OpenApi) {
+    SERVED.get_or_init(|| finish(doc).to_json().ok());
+}
 
 /// `GET /openapi.json`: this document.
 #[utoipa::path(get, path = "/openapi.json", tag = "operations",
     responses((status = 200, description = "The POS API's OpenAPI 3.1 document", body = Object)))]
-pub(crate) async fn openapi_json() -> Response {
-    match DOCUMENT.as_deref() {
+pub(super) async fn openapi_json() -> Response {
+    match SERVED.get().and_then(Option::as_deref) {
         Some(json) => ([(header::CONTENT_TYPE, "application/json")], json).into_response(),
         None => ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", "the document cannot be encoded")
             .into_response(),
@@ -93,14 +100,14 @@ mod tests {
     use axum::http::{Method, Request, StatusCode};
     use tower::ServiceExt as _;
 
-    use storesync_shared::apidoc::{self, Endpoint, sample_path};
+    use storesync_apidoc::{self as apidoc, Endpoint, sample_path};
 
-    use super::*;
     use crate::AgentState;
+    use crate::api::{document, router};
     use crate::journal::{IdentityClaim, Journal};
 
     /// docs/API.md, whose POS API section the tests hold to the document.
-    const API_MD: &str = include_str!("../../docs/API.md");
+    const API_MD: &str = include_str!("../../../docs/API.md");
 
     /// `(METHOD, /path)` pairs.
     type Endpoints = BTreeSet<Endpoint>;
@@ -146,7 +153,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let (state, writer) = state(dir.path());
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-        rt.block_on(check(&crate::api::router(state)));
+        rt.block_on(check(&router(state)));
         writer.join().unwrap();
     }
 
