@@ -24,7 +24,7 @@ use serde::Serialize;
 use storesync_shared::reservation::{ReservationChange, ReservationStatus};
 use uuid::Uuid;
 
-use super::StorageError;
+use super::error::StorageError;
 
 /// The pseudo-till whose chain in `events` holds a store's reservation events. `~` is not allowed in a till id.
 pub const HUB_TILL: &str = "~hub";
@@ -276,7 +276,8 @@ pub fn change_kind(change: &Change) -> ReservationChange {
 #[cfg(test)]
 pub(crate) mod conformance {
     use super::*;
-    use crate::storage::{NewSubscription, Storage};
+    use crate::storage::Storage;
+    use crate::storage::outbox::NewSubscription;
 
     pub(crate) const NOW: i64 = 1_800_000_000;
 
@@ -367,7 +368,7 @@ pub(crate) mod conformance {
         seq: u64,
         prev: &str,
         body: storesync_shared::EventBody,
-    ) -> storesync_shared::wire::JournalEvent {
+    ) -> crate::storage::ingest::BatchEvent {
         let bytes = body.canonical();
         let event_id = Uuid::new_v4();
         let hash = storesync_shared::event_hash(&storesync_shared::canonical::ChainInput {
@@ -379,7 +380,7 @@ pub(crate) mod conformance {
             body: &bytes,
             prev_hash: prev,
         });
-        storesync_shared::wire::JournalEvent {
+        crate::storage::ingest::BatchEvent {
             seq,
             event_id,
             kind: body.kind(),
@@ -421,7 +422,7 @@ pub(crate) mod conformance {
             prev = e.hash.clone();
             events.push(e);
         }
-        let req = storesync_shared::wire::UploadRequest {
+        let req = crate::storage::ingest::IngestBatch {
             journal_id: Uuid::new_v4(),
             agent_version: "test".into(),
             backlog: 0,

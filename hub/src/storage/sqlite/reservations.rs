@@ -1,5 +1,5 @@
-//! [`ReservationStore`] for [`SqliteStorage`] (a child module of `sqlite.rs`, so it shares the writer connection and
-//! the reader pool). Every write runs in `BEGIN IMMEDIATE`: the sums checked against the escrow are still true at
+//! [`ReservationStore`] for [`SqliteStorage`] (it shares the writer connection and the reader pool of
+//! `conn.rs`). Every write runs in `BEGIN IMMEDIATE`: the sums checked against the escrow are still true at
 //! COMMIT, across every process on the file. See `storage/reservations.rs` for the tables and the invariant.
 
 use std::collections::BTreeMap;
@@ -11,58 +11,12 @@ use storesync_shared::genesis_hash;
 use storesync_shared::reservation::{ReservationChange, ReservationStatus};
 use uuid::Uuid;
 
-use super::{SqliteStorage, lock, to_i64, to_u64};
-use crate::storage::StorageError;
+use super::conn::{SqliteStorage, lock, to_i64, to_u64};
+use crate::storage::error::StorageError;
 use crate::storage::reservations::{
     Change, Consumed, EscrowLevel, EscrowPolicy, HUB_TILL, HistoryEntry, NewReservation, PolicyEscrow, Reservation,
     ReservationError, ReservationStore, Reserved, change_kind, event_body, till_action,
 };
-
-/// The tables, created by `SqliteStorage::open`.
-pub(super) const SCHEMA: &str = "
-CREATE TABLE IF NOT EXISTS escrow (
-    store TEXT NOT NULL,
-    sku TEXT NOT NULL,
-    qty INTEGER NOT NULL,
-    updated_at INTEGER NOT NULL,
-    -- The policy that set it, when one did (all three or none).
-    share_pct INTEGER,
-    floor INTEGER,
-    cap INTEGER,
-    PRIMARY KEY (store, sku)
-);
-CREATE TABLE IF NOT EXISTS reservations (
-    id TEXT PRIMARY KEY,
-    order_id TEXT NOT NULL UNIQUE,
-    stores TEXT NOT NULL,
-    pickup_by TEXT NOT NULL,
-    store TEXT NOT NULL,
-    status TEXT NOT NULL,
-    created_at INTEGER NOT NULL,
-    updated_at INTEGER NOT NULL
-);
-CREATE INDEX IF NOT EXISTS reservations_store_status ON reservations (store, status);
-CREATE TABLE IF NOT EXISTS reservation_lines (
-    reservation TEXT NOT NULL,
-    sku TEXT NOT NULL,
-    qty INTEGER NOT NULL,
-    PRIMARY KEY (reservation, sku)
-);
-CREATE TABLE IF NOT EXISTS reservation_cursor (
-    id INTEGER PRIMARY KEY CHECK (id = 1),
-    hub_pos INTEGER NOT NULL
-);
-CREATE TABLE IF NOT EXISTS reservation_history (
-    reservation TEXT NOT NULL,
-    n INTEGER NOT NULL,
-    change TEXT NOT NULL,
-    store TEXT NOT NULL,
-    reason TEXT,
-    at INTEGER NOT NULL,
-    event_id TEXT NOT NULL,
-    PRIMARY KEY (reservation, n)
-);
-";
 
 impl From<rusqlite::Error> for ReservationError {
     fn from(err: rusqlite::Error) -> Self {
@@ -350,7 +304,7 @@ impl ReservationStore for SqliteStorage {
         tx.execute(
             "INSERT INTO reservations (id, order_id, stores, pickup_by, store, status, created_at, updated_at)
              VALUES (?1, ?2, ?3, ?4, ?5, 'reserved', ?6, ?6)",
-            params![id, r.order_id, super::json_text(&r.stores), r.pickup_by, store, now],
+            params![id, r.order_id, super::conn::json_text(&r.stores), r.pickup_by, store, now],
         )?;
         for (sku, qty) in &r.lines {
             tx.execute(
