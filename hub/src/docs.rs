@@ -1,7 +1,7 @@
 //! Store documents at the hub: automerge sync with tills, head-office writes, and epoch compaction.
 //!
 //! Design note:
-//! - The hub copy of every store's document lives in storage ([`Storage::doc_load`] / [`Storage::doc_apply`]): a
+//! - The hub copy of every store's document lives in storage ([`crate::storage::DocStore::doc_load`] / [`crate::storage::DocStore::doc_apply`]): a
 //!   snapshot plus the `save_after` chunks written since, folded into a new snapshot every
 //!   [`SyncLimits::fold_every`] chunks. Memory holds only a bounded cache ([`SyncLimits::cache_stores`] documents,
 //!   least recently used evicted) that catches up from storage before every use: by the chunks written after the
@@ -16,7 +16,7 @@
 //!   `State::encode` (the shared heads) survives between rounds, so "nothing to send" is decided here: no changes,
 //!   nothing needed, and the till already has the hub's heads (its message said so, or, for an empty request, the
 //!   stored shared heads are the hub's heads).
-//! - Epochs: see [`Storage::compact`]. The new document is `crdt::genesis()` plus one change by a fresh actor that
+//! - Epochs: see [`crate::storage::DocStore::compact`]. The new document is `crdt::genesis()` plus one change by a fresh actor that
 //!   holds the base counters (journal effects through the cuts plus all head-office movements, computed by storage
 //!   from the journal, not from CRDT state) and the prices still in force or scheduled.
 //! - Locks: one `std::sync::Mutex` per cached store, taken only on the blocking pool (never across an `.await`);

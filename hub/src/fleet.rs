@@ -19,6 +19,7 @@ use std::collections::BTreeMap;
 use serde::Serialize;
 
 use crate::storage::{ProgressSample, Rollout, StoreView, TillSamples, TillView};
+use crate::time_fmt::rfc3339;
 
 /// When a store counts as stale or offline, and when an offline store raises an alert.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
@@ -296,7 +297,7 @@ pub struct FleetInput {
     pub samples: Vec<TillSamples>,
     pub doc_sizes: BTreeMap<String, u64>,
     pub rollouts: Vec<Rollout>,
-    /// Subscriptions with their dead-letter counts ([`crate::storage::Storage::list_subscriptions`]).
+    /// Subscriptions with their dead-letter counts ([`crate::storage::OutboxStore::list_subscriptions`]).
     pub subscriptions: Vec<crate::storage::Subscription>,
 }
 
@@ -469,186 +470,6 @@ pub fn human_duration(s: u64) -> String {
         3600..86_400 => format!("{} h {} min", s / 3600, s % 3600 / 60),
         _ => format!("{} d {} h", s / 86_400, s % 86_400 / 3600),
     }
-}
-
-// ---------------------------------------------------------------------------------------------------------------
-// HTTP: the dashboard page and the admin endpoints it reads
-
-/// The fleet's routes: the dashboard at `/` and its admin endpoints (see [`crate::openapi`] for how a route is
-/// added).
-pub fn routes() -> utoipa_axum::router::OpenApiRouter<crate::api::AppState> {
-    use utoipa_axum::routes;
-    utoipa_axum::router::OpenApiRouter::default()
-        .routes(routes!(dashboard))
-        .routes(routes!(admin_fleet))
-        .routes(routes!(admin_fleet_store))
-        .routes(routes!(admin_price_book))
-}
-
-/// The dashboard: one HTML file with its script and styles, no build step. It holds no data; everything it shows
-/// comes from the admin endpoints, with the token the user types in (kept in the tab's `sessionStorage`).
-const DASHBOARD: &str = include_str!("dashboard.html");
-
-/// `GET /`: the dashboard page.
-#[utoipa::path(get, path = "/", tag = "operations",
-    responses((status = 200, body = String, content_type = "text/html",
-        description = "The fleet dashboard (no data: it signs in with the admin token and reads the admin endpoints)")))]
-async fn dashboard() -> impl axum::response::IntoResponse {
-    (
-        [
-            (axum::http::header::CACHE_CONTROL, "no-store"),
-            (axum::http::header::X_FRAME_OPTIONS, "DENY"),
-            (
-                axum::http::header::CONTENT_SECURITY_POLICY,
-                "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; connect-src 'self'; \
-                 img-src 'self' data:; base-uri 'none'; form-action 'none'; frame-ancestors 'none'",
-            ),
-        ],
-        axum::response::Html(DASHBOARD),
-    )
-}
-
-/// Reads what [`fleet`] needs, on the blocking pool, and builds the view at the hub's now.
-async fn fleet_now(state: &crate::api::AppState) -> Result<FleetView, crate::api::ApiError> {
-    let now = state.now();
-    let t = state.fleet_thresholds();
-    let since =
-        now.saturating_sub(i64::try_from(t.forecast_window_s.saturating_add(t.offline_after_s)).unwrap_or(i64::MAX));
-    let input = state
-        .db(move |s| -> Result<FleetInput, crate::storage::StorageError> {
-            Ok(FleetInput {
-                stores: s.list_stores()?,
-                samples: s.progress_samples(since)?,
-                doc_sizes: s.doc_sizes()?,
-                rollouts: s.list_rollouts()?,
-                subscriptions: s.list_subscriptions(false)?,
-            })
-        })
-        .await?;
-    Ok(fleet(&input, now, &t))
-}
-
-/// `GET /v1/admin/fleet`: the whole fleet view.
-#[utoipa::path(get, path = "/v1/admin/fleet", tag = "admin", security(("admin_token" = [])),
-    responses(
-        (status = 200, description = "Every store with its tills' link state, backlog, drain forecast and alerts",
-            body = FleetView),
-        crate::openapi::AdminRefusals,
-    ))]
-async fn admin_fleet(
-    _: crate::api::AdminAuth,
-    axum::extract::State(state): axum::extract::State<crate::api::AppState>,
-) -> Result<axum::Json<FleetView>, crate::api::ApiError> {
-    Ok(axum::Json(fleet_now(&state).await?))
-}
-
-#[derive(Debug, serde::Deserialize)]
-struct StoreQuery {
-    events: Option<String>,
-}
-
-/// Recent events a store page lists by default, and at most.
-const RECENT_EVENTS: usize = 20;
-const MAX_RECENT_EVENTS: usize = 200;
-
-/// `GET /v1/admin/fleet/stores/{store}?events=N`: one store's row of the fleet view, its document's size and its
-/// newest `N` events (default 20, at most 200), newest first.
-#[utoipa::path(get, path = "/v1/admin/fleet/stores/{store}", tag = "admin", security(("admin_token" = [])),
-    params(("store" = String, Path, description = "A store id"),
-        ("events" = Option<u32>, Query, description = "How many recent events (1 to 200, default 20)")),
-    responses(
-        (status = 200, description = "`{\"generated_at\",\"store\": StoreRow,\"alerts\": [Alert],\"doc\": \
-            {\"epoch\",\"changes_since_epoch\",\"saved_bytes\",\"epoch_bytes\"},\"recent_events\": [event]}`, \
-            events newest first as in `GET /v1/admin/events`", body = Object),
-        (status = 404, description = "`unknown_store`", body = storesync_shared::wire::ErrorBody),
-        (status = 422, description = "`invalid_query`", body = storesync_shared::wire::ErrorBody),
-        crate::openapi::AdminRefusals,
-    ))]
-async fn admin_fleet_store(
-    _: crate::api::AdminAuth,
-    axum::extract::State(state): axum::extract::State<crate::api::AppState>,
-    axum::extract::Path(store): axum::extract::Path<String>,
-    query: Result<axum::extract::Query<StoreQuery>, axum::extract::rejection::QueryRejection>,
-) -> Result<axum::Json<serde_json::Value>, crate::api::ApiError> {
-    use axum::http::StatusCode;
-    let bad = |detail: String| crate::api::ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_query", detail);
-    let axum::extract::Query(q) = query.map_err(|e| bad(e.body_text()))?;
-    let limit = match q.events.as_deref() {
-        None => RECENT_EVENTS,
-        Some(n) => match n.parse::<usize>() {
-            Ok(n) if (1..=MAX_RECENT_EVENTS).contains(&n) => n,
-            _ => return Err(bad(format!("events must be a whole number from 1 to {MAX_RECENT_EVENTS}"))),
-        },
-    };
-    let store = crate::api::known_store(&state, &store).await?;
-    let view = fleet_now(&state).await?;
-    let Some(row) = view.stores.into_iter().find(|s| s.store == store) else {
-        return Err(crate::api::ApiError::new(StatusCode::NOT_FOUND, "unknown_store", "no such store"));
-    };
-    let alerts: Vec<Alert> = view.alerts.into_iter().filter(|a| a.store.as_deref() == Some(store.as_str())).collect();
-    let s = store.clone();
-    let events = state.db(move |st| st.recent_events(&s, limit)).await?;
-    let s = store.clone();
-    let doc = state.docs(move |d| d.read(&s, |_, meta| *meta)).await?;
-    Ok(axum::Json(serde_json::json!({
-        "generated_at": view.generated_at,
-        "store": row,
-        "alerts": alerts,
-        "doc": {
-            "epoch": doc.epoch,
-            "changes_since_epoch": doc.changes_since_epoch,
-            "saved_bytes": doc.saved_bytes,
-            "epoch_bytes": doc.epoch_bytes,
-        },
-        "recent_events": events.into_iter().map(crate::api::event_json).collect::<Vec<_>>(),
-    })))
-}
-
-/// `GET /v1/admin/stores/{store}/prices`: the store's whole price book as its document holds it now: per SKU, the
-/// price in force and the next scheduled one, by SKU.
-#[utoipa::path(get, path = "/v1/admin/stores/{store}/prices", tag = "admin", security(("admin_token" = [])),
-    params(("store" = String, Path, description = "A store id")),
-    responses(
-        (status = 200, description = "`{\"store\",\"at\",\"prices\": [{\"sku\",\"price_minor\",\"currency\",\
-            \"effective_from\",\"next\"}]}` by SKU; the current fields are null when only a future price is set",
-            body = Object),
-        (status = 404, description = "`unknown_store`", body = storesync_shared::wire::ErrorBody),
-        crate::openapi::AdminRefusals,
-    ))]
-async fn admin_price_book(
-    _: crate::api::AdminAuth,
-    axum::extract::State(state): axum::extract::State<crate::api::AppState>,
-    axum::extract::Path(store): axum::extract::Path<String>,
-) -> Result<axum::Json<serde_json::Value>, crate::api::ApiError> {
-    use storesync_shared::crdt;
-    let store = crate::api::known_store(&state, &store).await?;
-    let at = crdt::normalize_instant(crate::api::now_instant(state.now())?);
-    let now = at.clone();
-    let s = store.clone();
-    let book = state
-        .docs(move |d| {
-            d.read(&s, |doc, _| {
-                let Some(obj) = crdt::root_map(doc, crdt::PRICES) else { return Vec::new() };
-                crdt::all_prices(doc, &obj)
-                    .into_keys()
-                    .map(|sku| {
-                        let view = crdt::price_at(doc, &obj, &sku, &now, None);
-                        (sku, view)
-                    })
-                    .collect::<Vec<_>>()
-            })
-        })
-        .await?;
-    let prices: Vec<serde_json::Value> =
-        book.iter().map(|(sku, view)| crate::api::price_view_json(sku, view)).collect();
-    Ok(axum::Json(serde_json::json!({"store": store, "at": at, "prices": prices})))
-}
-
-pub(crate) fn rfc3339(t: i64) -> String {
-    time::OffsetDateTime::from_unix_timestamp(t)
-        .ok()
-        .and_then(|d| d.format(&time::format_description::well_known::Rfc3339).ok())
-        .unwrap_or_default()
 }
 
 #[cfg(test)]

@@ -25,7 +25,7 @@
 //!   when the hub creates the stream), and a batch counts as delivered when every message is acknowledged.
 //! - **Several hub instances on one database** (docs/SCALING.md) each run this supervisor, but a subscription is
 //!   delivered by one instance at a time: its worker must hold the subscription's **delivery lease**
-//!   ([`Storage::lease_subscription`], one conditional UPDATE: free, already ours, or run out). A lease lasts
+//!   ([`crate::storage::OutboxStore::lease_subscription`], one conditional UPDATE: free, already ours, or run out). A lease lasts
 //!   [`LEASE_S`] and is renewed while at least [`DeliverySettings::timeout`] + 10 s of it is left (so it outlasts
 //!   any request begun under it), also while the worker waits out a backoff; a worker without it asks again every
 //!   [`LEASE_POLL`]. Each instance's lease owner is the id in `<data-dir>/instance.id` ([`instance_id`]), so a
@@ -41,14 +41,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use hmac::{Hmac, Mac};
-use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
-use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 
 use crate::Clock;
+use crate::outbound::{OutboundEvent, WebhookBatch};
 use crate::storage::{OutboxEntry, Storage, StorageError, Subscription};
 
 /// How deliveries are retried.
@@ -105,23 +104,6 @@ pub fn idempotency_key(entries: &[OutboxEntry]) -> String {
     hex::encode(h.finalize())[..32].to_owned()
 }
 
-/// One event as a receiver gets it.
-pub fn payload(e: &OutboxEntry) -> Value {
-    let body: Value = serde_json::from_str(&e.event.body).unwrap_or(Value::Null);
-    json!({
-        "event_id": e.event.event_id,
-        "cursor": e.pos.to_string(),
-        "store": e.event.store,
-        "till": e.event.till,
-        "seq": e.event.seq,
-        "kind": e.event.kind,
-        "occurred_at": e.event.occurred_at,
-        "received_at": crate::fleet::rfc3339(e.received_at),
-        "body": body,
-        "hash": e.event.hash,
-    })
-}
-
 /// The wait before attempt `n + 1` (n ≥ 1 failures so far): `min(max, 2^(n-1) s)`, between half of it and all of it.
 pub fn backoff(n: u32, max: Duration) -> Duration {
     let full = Duration::from_secs(1u64 << n.saturating_sub(1).min(20)).min(max);
@@ -143,8 +125,7 @@ async fn deliver(
     entries: &[OutboxEntry],
     now: i64,
 ) -> Result<(), Failure> {
-    let events: Vec<Value> = entries.iter().map(payload).collect();
-    let body = serde_json::to_vec(&json!({"subscription": sub.spec.id, "events": events}))
+    let body = serde_json::to_vec(&WebhookBatch::new(&sub.spec.id, entries))
         .map_err(|e| Failure { permanent: false, detail: format!("encoding: {e}") })?;
     let req = client
         .post(&sub.spec.url)
@@ -213,7 +194,7 @@ async fn deliver_nats(
     }
     let mut acks = Vec::with_capacity(entries.len());
     for e in entries {
-        let body = serde_json::to_vec(&payload(e)).map_err(|err| fail("encoding", &err))?;
+        let body = serde_json::to_vec(&OutboundEvent::from(e)).map_err(|err| fail("encoding", &err))?;
         let publish = async_nats::jetstream::message::PublishMessage::build()
             .message_id(e.event.event_id.to_string())
             .payload(body.into());
@@ -239,8 +220,8 @@ pub struct Delivery {
     pub storage: Arc<dyn Storage>,
     pub clock: Arc<dyn Clock>,
     pub settings: DeliverySettings,
-    /// Notified after every ingest that stored events.
-    pub wake: Arc<Notify>,
+    /// Signalled when the outbox may hold new entries (after an ingest, a reservation change, a replay).
+    pub wake: crate::wake::OutboxWake,
 }
 
 impl Delivery {
@@ -350,8 +331,9 @@ impl Lease {
     }
 }
 
-/// Keeps one worker per stored subscription until `shutdown`, then waits for the workers to stop.
-pub async fn run(delivery: Delivery, shutdown: CancellationToken) {
+/// Keeps one worker per stored subscription until `shutdown`. The workers run on `tracker` (the hub's one task
+/// tracker, which the caller waits on) and stop when `shutdown` fires.
+pub async fn run(delivery: Delivery, shutdown: CancellationToken, tracker: TaskTracker) {
     let owner = delivery.settings.owner.unwrap_or_else(uuid::Uuid::new_v4).to_string();
     let client = match reqwest::Client::builder().timeout(delivery.settings.timeout).build() {
         Ok(c) => c,
@@ -360,7 +342,6 @@ pub async fn run(delivery: Delivery, shutdown: CancellationToken) {
             return;
         }
     };
-    let tracker = TaskTracker::new();
     let mut workers: HashMap<String, CancellationToken> = HashMap::new();
     loop {
         match delivery.db(|s| s.list_subscriptions(false)).await {
@@ -390,8 +371,6 @@ pub async fn run(delivery: Delivery, shutdown: CancellationToken) {
             () = tokio::time::sleep(Duration::from_secs(1)) => {}
         }
     }
-    tracker.close();
-    tracker.wait().await;
 }
 
 /// Sleeps for `d` unless `stop` fires first; answers false when stopped.

@@ -29,7 +29,7 @@
 //!      covers its active reservations of a SKU, the newest `reserved` ones (never a `picked` one: those goods are
 //!      set aside) are rerouted to the next store of their list that can hold them, or cancelled with a reason;
 //!   4. brings the documents of the stores it touched, and of those a new reservation or a head-office cancel
-//!      named ([`AppState::holds_due`]: so a reservation's answer waits for one commit, not two, and one document
+//!      named ([`crate::wake::PlannerWake::holds_due`]: so a reservation's answer waits for one commit, not two, and one document
 //!      write carries every reservation made meanwhile), and every minute of every store with active
 //!      reservations, up to the tables: escrow levels and holds. A write that fails is retried on the next pass;
 //!   5. every `policy_every` full passes, moves each policy escrow with its store's on-hand.
@@ -38,344 +38,59 @@
 //!   worst find a change already made.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::sync::Arc;
 
-use axum::Json;
-use axum::extract::rejection::PathRejection;
-use axum::extract::{Path, State};
-use axum::http::StatusCode;
-use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
-use serde_json::json;
 use storesync_shared::crdt;
-use storesync_shared::event::{MAX_QTY, MAX_TEXT_CHARS, check_sku, parse_timestamp};
-use storesync_shared::reservation::{ReservationStatus, ReservedLine, check_lines, check_order_id};
-use storesync_shared::wire::ErrorBody;
-use tracing::{error, info};
-use utoipa::ToSchema;
+use storesync_shared::event::parse_timestamp;
+use storesync_shared::reservation::{ReservationStatus, ReservedLine};
+use tracing::info;
 use uuid::Uuid;
 
-use crate::api::{AdminAuth, ApiError, AppState, JsonBody};
-use crate::storage::reservations::{
-    Change, NewReservation, PolicyEscrow, Reservation, ReservationError, ReservationStore, Reserved,
-};
+use crate::docs::{DocError, Docs};
+use crate::hub::Hub;
+pub use crate::storage::reservations::EscrowPolicy;
+use crate::storage::reservations::{Change, PolicyEscrow, Reservation, ReservationError, ReservationStore};
 
 /// The most stores one reservation may list.
 pub const MAX_STORES: usize = 50;
 
-/// Opens the reservation store of the hub's database: the database the rest of the hub's storage is in, so the
-/// escrow invariant is checked where every instance sees it.
-///
-/// - SQLite: `<data-dir>/hub.db`, a second handle on the same file (every write is `BEGIN IMMEDIATE`, so the two
-///   handles serialise in SQLite).
-/// - PostgreSQL (`config.database`): a [`crate::storage::postgres::PostgresStorage`] on the same database, with a
-///   pool of its own of at most 4 connections (fewer when the hub is configured with fewer). Reservation calls are
-///   short transactions from admin requests and the one planner task, and writes against one store's escrow wait
-///   for each other on its rows anyway, so more connections would add no throughput; they would only take from
-///   the database's `max_connections`, shared by every instance. Opening it runs the migrations again, which
-///   finds nothing to do.
-pub fn open_store(config: &crate::Config) -> anyhow::Result<Option<Arc<dyn ReservationStore>>> {
-    let Some(pg) = &config.database else {
-        return Ok(Some(Arc::new(crate::open_storage(&config.data_dir)?)));
-    };
-    let settings = crate::storage::postgres::PgSettings { url: pg.url.clone(), pool_size: pg.pool_size.clamp(1, 4) };
-    let store = crate::storage::postgres::PostgresStorage::open(&settings).map_err(|e| {
-        anyhow::anyhow!(e).context(format!(
-            "opening the PostgreSQL database {} for reservations",
-            crate::storage::postgres::redact_url(&pg.url)
-        ))
-    })?;
-    Ok(Some(Arc::new(store)))
-}
-
-/// The reservation routes (see [`crate::openapi`] for how a route is added).
-pub fn routes() -> utoipa_axum::router::OpenApiRouter<AppState> {
-    use utoipa_axum::routes;
-    utoipa_axum::router::OpenApiRouter::default()
-        .routes(routes!(admin_put_escrow))
-        .routes(routes!(admin_post_reservation))
-        .routes(routes!(admin_get_reservation))
-        .routes(routes!(admin_cancel_reservation))
-}
-
-fn invalid(code: &'static str, detail: impl Into<String>) -> ApiError {
-    ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, code, detail)
-}
-
-impl From<ReservationError> for ApiError {
-    fn from(err: ReservationError) -> ApiError {
-        match err {
-            ReservationError::NotFound => {
-                ApiError::new(StatusCode::NOT_FOUND, "unknown_reservation", "no reservation has this id")
-            }
-            ReservationError::EscrowBelowReserved { .. } => {
-                ApiError::new(StatusCode::CONFLICT, "escrow_below_reserved", err.to_string())
-            }
-            ReservationError::OrderConflict(_) => {
-                ApiError::new(StatusCode::CONFLICT, "order_id_conflict", err.to_string())
-            }
-            ReservationError::Finished { .. } => {
-                ApiError::new(StatusCode::CONFLICT, "reservation_finished", err.to_string())
-            }
-            ReservationError::Storage(e) => e.into(),
-        }
-    }
+/// Why a planner step failed; the planner logs it and tries again on its next pass.
+#[derive(Debug, thiserror::Error)]
+pub enum PlanError {
+    #[error(transparent)]
+    Reservations(#[from] ReservationError),
+    #[error(transparent)]
+    Document(#[from] DocError),
+    #[error("this hub's storage keeps no reservations")]
+    Unavailable,
+    #[error("the hub's clock is out of range")]
+    Clock,
+    #[error("a blocking task failed: {0}")]
+    Task(String),
 }
 
 /// Runs one reservation-store call on the blocking pool.
-pub(crate) async fn store_call<T: Send + 'static>(
-    state: &AppState,
+async fn reserve<T: Send + 'static>(
+    hub: &Hub,
     f: impl FnOnce(&dyn ReservationStore) -> Result<T, ReservationError> + Send + 'static,
-) -> Result<T, ApiError> {
-    let Some(store) = state.reservation_store() else {
-        return Err(ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "reservations_unavailable",
-            "this hub's storage keeps no reservations",
-        ));
-    };
+) -> Result<T, PlanError> {
+    let store = hub.reservation_store().ok_or(PlanError::Unavailable)?;
     match tokio::task::spawn_blocking(move || f(store.as_ref())).await {
         Ok(res) => res.map_err(Into::into),
-        Err(err) => {
-            error!(error = %err, "reservation task failed");
-            Err(ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", "internal error"))
-        }
+        Err(err) => Err(PlanError::Task(err.to_string())),
     }
 }
 
-pub use crate::storage::reservations::EscrowPolicy;
-
-/// `PUT /v1/admin/escrow`.
-#[derive(Debug, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct EscrowRequest {
-    pub store: String,
-    pub sku: String,
-    /// Units to hold back; or give `policy`.
-    #[serde(default)]
-    pub qty: Option<i64>,
-    #[serde(default)]
-    pub policy: Option<EscrowPolicy>,
-}
-
-/// The answer to `PUT /v1/admin/escrow`.
-#[derive(Debug, Serialize, ToSchema)]
-pub struct EscrowAnswer {
-    pub store: String,
-    pub sku: String,
-    pub escrow: i64,
-    /// Units active reservations hold against it.
-    pub reserved: i64,
-    /// The hub's on-hand when a policy was applied.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub on_hand: Option<i64>,
-}
-
-/// `PUT /v1/admin/escrow`: sets how many units of a SKU a store holds back for online orders.
-#[utoipa::path(put, path = "/v1/admin/escrow", tag = "admin", security(("admin_token" = [])),
-    request_body = EscrowRequest,
-    responses(
-        (status = 200, description = "Set: at the hub now, at the tills by their next sync", body = EscrowAnswer),
-        (status = 400, description = "`malformed_json`", body = ErrorBody),
-        (status = 404, description = "`unknown_store`", body = ErrorBody),
-        (status = 409, description = "`escrow_below_reserved`: active reservations hold more; nothing written",
-            body = ErrorBody),
-        (status = 422, description = "`invalid_sku`, `invalid_qty`, `invalid_policy` or `invalid_body`",
-            body = ErrorBody),
-        crate::openapi::AdminRefusals,
-    ))]
-async fn admin_put_escrow(
-    _: AdminAuth,
-    State(state): State<AppState>,
-    JsonBody(req): JsonBody<EscrowRequest>,
-) -> Result<Json<EscrowAnswer>, ApiError> {
-    check_sku(&req.sku, "sku").map_err(|e| invalid(e.code, e.detail))?;
-    let fixed = match (req.qty, req.policy) {
-        (Some(q), None) if (0..=MAX_QTY).contains(&q) => Some(q),
-        (Some(_), None) => return Err(invalid("invalid_qty", format!("qty must be an integer from 0 to {MAX_QTY}"))),
-        (None, Some(p)) => {
-            let ok = (0..=100).contains(&p.share_pct) && 0 <= p.floor && p.floor <= p.cap && p.cap <= MAX_QTY;
-            if !ok {
-                return Err(invalid(
-                    "invalid_policy",
-                    format!("policy needs share_pct 0 to 100 and 0 <= floor <= cap <= {MAX_QTY}"),
-                ));
-            }
-            None
-        }
-        _ => return Err(invalid("invalid_qty", "give exactly one of qty and policy")),
-    };
-    let store = crate::api::known_store(&state, &req.store).await?;
-    let now = state.now();
-    let (qty, on_hand) = match (fixed, req.policy) {
-        (Some(q), _) => (q, None),
-        (None, Some(p)) => {
-            let (s, sku) = (store.clone(), req.sku.clone());
-            let on_hand = state
-                .docs(move |d| {
-                    d.read(&s, |doc, _| {
-                        crdt::root_map(doc, crdt::STOCK).map_or(0, |st| crdt::on_hand(doc, &st, &sku, None))
-                    })
-                })
-                .await?;
-            (p.qty(on_hand), Some(on_hand))
-        }
-        (None, None) => return Err(invalid("invalid_qty", "give exactly one of qty and policy")),
-    };
-    let (s, sku) = (store.clone(), req.sku.clone());
-    let policy = req.policy;
-    let level = store_call(&state, move |r| r.escrow_set(&s, &sku, qty, policy.as_ref(), now)).await?;
-    let (s, sku) = (store.clone(), req.sku.clone());
-    state.docs(move |d| d.set_escrow(&s, &[(sku, qty)], now)).await?;
-    info!(store_id = %store, sku = %req.sku, escrow = qty, "escrow set");
-    Ok(Json(EscrowAnswer { store, sku: req.sku, escrow: level.escrow, reserved: level.reserved, on_hand }))
-}
-
-/// `POST /v1/admin/reservations`.
-#[derive(Debug, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct ReservationRequest {
-    /// The online order: the same id again answers the same reservation.
-    pub order_id: String,
-    pub lines: Vec<ReservedLine>,
-    /// Stores to try, in order of preference.
-    pub stores: Vec<String>,
-    /// RFC 3339: released (expired) when not collected by then.
-    pub pickup_by: String,
-}
-
-/// Checks a reservation request and turns it into what storage takes.
-pub fn new_reservation(req: ReservationRequest) -> Result<NewReservation, ApiError> {
-    check_order_id(&req.order_id).map_err(|e| invalid(e.code, e.detail))?;
-    check_lines(&req.lines).map_err(|e| invalid(e.code, e.detail))?;
-    if req.stores.is_empty() || req.stores.len() > MAX_STORES {
-        return Err(invalid("invalid_stores", format!("stores must list 1 to {MAX_STORES} stores")));
+/// Runs one document operation on the blocking pool.
+async fn document<T: Send + 'static>(
+    hub: &Hub,
+    f: impl FnOnce(&Docs) -> Result<T, DocError> + Send + 'static,
+) -> Result<T, PlanError> {
+    let docs = hub.docs.clone();
+    match tokio::task::spawn_blocking(move || f(&docs)).await {
+        Ok(res) => res.map_err(Into::into),
+        Err(err) => Err(PlanError::Task(err.to_string())),
     }
-    let mut seen = std::collections::BTreeSet::new();
-    for (i, s) in req.stores.iter().enumerate() {
-        if !crate::secrets::valid_id(s) || !seen.insert(s.as_str()) {
-            return Err(invalid("invalid_stores", format!("stores[{i}] is not a store id, or is listed twice")));
-        }
-    }
-    let pickup_by = parse_timestamp(&req.pickup_by)
-        .map(crdt::normalize_instant)
-        .ok_or_else(|| invalid("invalid_pickup_by", "pickup_by must be RFC 3339 with an offset"))?;
-    Ok(NewReservation {
-        id: Uuid::new_v4(),
-        order_id: req.order_id,
-        lines: req.lines.into_iter().map(|l| (l.sku, l.qty)).collect(),
-        stores: req.stores,
-        pickup_by,
-    })
-}
-
-/// `POST /v1/admin/reservations`: reserves an online order's lines at the first listed store that can cover them.
-#[utoipa::path(post, path = "/v1/admin/reservations", tag = "admin", security(("admin_token" = [])),
-    request_body = ReservationRequest,
-    responses(
-        (status = 201, description = "`{\"reservation_id\",\"store\",\"status\":\"reserved\"}`", body = Object),
-        (status = 200, description = "This `order_id` was reserved before with the same request: that reservation",
-            body = Object),
-        (status = 400, description = "`malformed_json`", body = ErrorBody),
-        (status = 409, description = "`unavailable`: no listed store's unreserved escrow covers every line; or \
-            `order_id_conflict`: the order was reserved before with another request", body = ErrorBody),
-        (status = 422, description = "`invalid_order_id`, `invalid_lines`, `invalid_sku`, `invalid_qty`, \
-            `duplicate_sku`, `invalid_stores`, `invalid_pickup_by` or `invalid_body`", body = ErrorBody),
-        crate::openapi::AdminRefusals,
-    ))]
-async fn admin_post_reservation(
-    _: AdminAuth,
-    State(state): State<AppState>,
-    JsonBody(req): JsonBody<ReservationRequest>,
-) -> Result<Response, ApiError> {
-    let r = new_reservation(req)?;
-    let now = state.now();
-    let order = r.order_id.clone();
-    let (status, made) = match store_call(&state, move |s| s.reserve(&r, now)).await? {
-        Reserved::Created(made) => {
-            // The till learns of it through the store document, which the planner writes next (one document write
-            // for every reservation made meanwhile, off this request's path; the reservation is committed).
-            state.holds_due(made.store.clone());
-            (StatusCode::CREATED, made)
-        }
-        Reserved::Existing(made) => (StatusCode::OK, made),
-        Reserved::Unavailable => {
-            return Err(ApiError::new(
-                StatusCode::CONFLICT,
-                "unavailable",
-                format!("no listed store can hold every line of order {order}"),
-            ));
-        }
-    };
-    let body = json!({"reservation_id": made.reservation_id, "store": made.store, "status": made.status});
-    Ok((status, Json(body)).into_response())
-}
-
-fn reservation_id(path: Result<Path<String>, PathRejection>) -> Result<Uuid, ApiError> {
-    let Path(id) = path.map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "bad_path", e.body_text()))?;
-    Uuid::parse_str(&id)
-        .map_err(|_| ApiError::new(StatusCode::NOT_FOUND, "unknown_reservation", "no reservation has this id"))
-}
-
-/// `GET /v1/admin/reservations/{id}`: a reservation and its history.
-#[utoipa::path(get, path = "/v1/admin/reservations/{id}", tag = "admin", security(("admin_token" = [])),
-    params(("id" = String, Path, description = "The reservation id")),
-    responses(
-        (status = 200, description = "The reservation, with every state change", body = Reservation),
-        (status = 404, description = "`unknown_reservation`", body = ErrorBody),
-        crate::openapi::AdminRefusals,
-    ))]
-async fn admin_get_reservation(
-    _: AdminAuth,
-    State(state): State<AppState>,
-    path: Result<Path<String>, PathRejection>,
-) -> Result<Json<Reservation>, ApiError> {
-    let id = reservation_id(path)?;
-    store_call(&state, move |s| s.reservation(id)?.ok_or(ReservationError::NotFound)).await.map(Json)
-}
-
-/// `POST /v1/admin/reservations/{id}/cancel`.
-#[derive(Debug, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct CancelRequest {
-    pub reason: String,
-}
-
-/// Checks a cancellation reason.
-pub fn check_reason(reason: &str) -> Result<(), ApiError> {
-    if reason.trim().is_empty() || reason.chars().count() > MAX_TEXT_CHARS {
-        return Err(invalid(
-            "invalid_reason",
-            format!("reason must be non-blank and at most {MAX_TEXT_CHARS} characters"),
-        ));
-    }
-    Ok(())
-}
-
-/// `POST /v1/admin/reservations/{id}/cancel`: head office cancels (the customer cancelled online).
-#[utoipa::path(post, path = "/v1/admin/reservations/{id}/cancel", tag = "admin", security(("admin_token" = [])),
-    params(("id" = String, Path, description = "The reservation id")),
-    request_body = CancelRequest,
-    responses(
-        (status = 200, description = "Cancelled (or it was already): its units are released", body = Reservation),
-        (status = 404, description = "`unknown_reservation`", body = ErrorBody),
-        (status = 409, description = "`reservation_finished`: it was collected or expired", body = ErrorBody),
-        (status = 422, description = "`invalid_reason` or `invalid_body`", body = ErrorBody),
-        crate::openapi::AdminRefusals,
-    ))]
-async fn admin_cancel_reservation(
-    _: AdminAuth,
-    State(state): State<AppState>,
-    path: Result<Path<String>, PathRejection>,
-    JsonBody(req): JsonBody<CancelRequest>,
-) -> Result<Json<Reservation>, ApiError> {
-    let id = reservation_id(path)?;
-    check_reason(&req.reason)?;
-    let now = state.now();
-    let change = Change::Cancelled { reason: req.reason };
-    let r = store_call(&state, move |s| s.change(id, &change, now)).await?;
-    state.holds_due(r.store.clone());
-    Ok(Json(r))
 }
 
 /// What a store's document should hold for `r`.
@@ -394,27 +109,26 @@ fn hold_of(r: &Reservation) -> crdt::Hold {
 /// documents follow here, so a hub that stopped between the two (or a document write that failed) is repaired by
 /// the next pass that touches the store, and by the planner's periodic pass over every store with reservations.
 /// Writes nothing where the document already agrees. Answers the stores that failed.
-pub async fn sync_holds(state: &AppState, stores: Vec<String>) -> Vec<String> {
+pub async fn sync_holds(hub: &Hub, stores: Vec<String>) -> Vec<String> {
     let mut failed = Vec::new();
     for store in stores {
         let s = store.clone();
-        let tables = store_call(state, move |r| Ok((r.active(Some(&s))?, r.escrow_levels(&s)?))).await;
+        let tables = reserve(hub, move |r| Ok((r.active(Some(&s))?, r.escrow_levels(&s)?))).await;
         let Ok((active, levels)) = tables else {
             failed.push(store);
             continue;
         };
         let want: Vec<crdt::Hold> = active.iter().map(hold_of).collect();
         let escrow: Vec<(String, i64)> = levels.into_iter().map(|(sku, l)| (sku, l.escrow)).collect();
-        let (s, now) = (store.clone(), state.now());
-        let wrote = state
-            .docs(move |d| {
-                d.set_escrow(&s, &escrow, now)?;
-                d.set_holds(&s, &want, now)
-            })
-            .await;
+        let (s, now) = (store.clone(), hub.now());
+        let wrote = document(hub, move |d| {
+            d.set_escrow(&s, &escrow, now)?;
+            d.set_holds(&s, &want, now)
+        })
+        .await;
         match wrote {
             Ok(_) => {}
-            Err(e) if e.code() == "unknown_store" => {} // no till yet: nothing to carry it to
+            Err(PlanError::Document(DocError::UnknownStore)) => {} // no till yet: nothing to carry it to
             Err(_) => failed.push(store),
         }
     }
@@ -525,16 +239,16 @@ pub fn short_reservations(active: &[Reservation], on_hand: impl Fn(&str) -> i64)
 /// A pass that is not `full` only applies the tills' actions; expiry and re-planning, which read every active
 /// reservation, run in full passes only (the planner makes one per `interval`, however often it is woken).
 pub async fn plan_once(
-    state: &AppState,
+    hub: &Hub,
     settings: &PlannerSettings,
     touched: &mut BTreeSet<String>,
     full: bool,
-) -> Result<Pass, ApiError> {
+) -> Result<Pass, PlanError> {
     let mut pass = Pass::default();
-    let now = state.now();
+    let now = hub.now();
     loop {
         let batch = settings.batch.max(1);
-        let got = store_call(state, move |r| Ok(r.consume_till_events(batch, now)?)).await?;
+        let got = reserve(hub, move |r| Ok(r.consume_till_events(batch, now)?)).await?;
         pass.applied += got.changed.len();
         touched.extend(got.changed.iter().map(|r| r.store.clone()));
         if got.read < batch {
@@ -543,18 +257,18 @@ pub async fn plan_once(
     }
     if !full {
         if pass.applied > 0 {
-            state.outbox_wake().notify_waiters();
+            hub.outbox.wake();
         }
         return Ok(pass);
     }
-    let active = store_call(state, |r| Ok(r.active(None)?)).await?;
-    let now_key = crdt::normalize_instant(crate::api::now_instant(now)?);
+    let active = reserve(hub, |r| Ok(r.active(None)?)).await?;
+    let now_key = crdt::normalize_instant(crate::time_fmt::instant(now).ok_or(PlanError::Clock)?);
     let mut by_store: BTreeMap<String, Vec<Reservation>> = BTreeMap::new();
     for r in active {
         if r.pickup_by.as_str() < now_key.as_str() {
             let (id, from) = (r.reservation_id, r.store.clone());
             let change = expiry_change(&r, settings.on_expiry, now);
-            let after = store_call(state, move |s| s.change(id, &change, now)).await;
+            let after = reserve(hub, move |s| s.change(id, &change, now)).await;
             match after {
                 Ok(after) if after.store != from => {
                     pass.rerouted += 1;
@@ -570,10 +284,10 @@ pub async fn plan_once(
     }
     for (store, active) in by_store {
         let skus: BTreeSet<String> = active.iter().flat_map(|r| r.lines.keys().cloned()).collect();
-        let stock = on_hand_of(state, &store, skus).await?;
+        let stock = on_hand_of(hub, &store, skus).await?;
         for id in short_reservations(&active, |sku| stock.get(sku).copied().unwrap_or(0)) {
             let reason = format!("{store} sold units held for this order");
-            let r = store_call(state, move |s| s.change(id, &Change::Reroute { reason, pickup_by: None }, now)).await?;
+            let r = reserve(hub, move |s| s.change(id, &Change::Reroute { reason, pickup_by: None }, now)).await?;
             touched.insert(store.clone());
             touched.insert(r.store.clone());
             if r.status == ReservationStatus::Cancelled {
@@ -584,7 +298,7 @@ pub async fn plan_once(
         }
     }
     if pass != Pass::default() {
-        state.outbox_wake().notify_waiters();
+        hub.outbox.wake();
         info!(
             applied = pass.applied,
             expired = pass.expired,
@@ -597,21 +311,20 @@ pub async fn plan_once(
 }
 
 /// A store's on-hand of `skus` as the hub sees it (its copy of the store document); none for a store without one.
-async fn on_hand_of(state: &AppState, store: &str, skus: BTreeSet<String>) -> Result<BTreeMap<String, i64>, ApiError> {
+async fn on_hand_of(hub: &Hub, store: &str, skus: BTreeSet<String>) -> Result<BTreeMap<String, i64>, PlanError> {
     let s = store.to_owned();
-    let stock = state
-        .docs(move |d| {
-            d.read(&s, |doc, _| {
-                let st = crdt::root_map(doc, crdt::STOCK);
-                skus.iter()
-                    .map(|k| (k.clone(), st.as_ref().map_or(0, |st| crdt::on_hand(doc, st, k, None))))
-                    .collect::<BTreeMap<String, i64>>()
-            })
+    let stock = document(hub, move |d| {
+        d.read(&s, |doc, _| {
+            let st = crdt::root_map(doc, crdt::STOCK);
+            skus.iter()
+                .map(|k| (k.clone(), st.as_ref().map_or(0, |st| crdt::on_hand(doc, st, k, None))))
+                .collect::<BTreeMap<String, i64>>()
         })
-        .await;
+    })
+    .await;
     match stock {
         Ok(s) => Ok(s),
-        Err(e) if e.code() == "unknown_store" => Ok(BTreeMap::new()),
+        Err(PlanError::Document(DocError::UnknownStore)) => Ok(BTreeMap::new()),
         Err(e) => Err(e),
     }
 }
@@ -619,22 +332,22 @@ async fn on_hand_of(state: &AppState, store: &str, skus: BTreeSet<String>) -> Re
 /// Moves every escrow set by a policy to what its policy gives at the store's on-hand now, never below what
 /// active reservations hold ([`ReservationStore::escrow_follow`]). `touched` collects the stores whose escrow
 /// moved (their documents must carry it). Answers how many escrows moved.
-pub async fn follow_policies(state: &AppState, touched: &mut BTreeSet<String>) -> Result<usize, ApiError> {
-    let all = store_call(state, |r| Ok(r.escrow_policies()?)).await?;
+pub async fn follow_policies(hub: &Hub, touched: &mut BTreeSet<String>) -> Result<usize, PlanError> {
+    let all = reserve(hub, |r| Ok(r.escrow_policies()?)).await?;
     let mut by_store: BTreeMap<String, Vec<PolicyEscrow>> = BTreeMap::new();
     for p in all {
         by_store.entry(p.store.clone()).or_default().push(p);
     }
-    let (now, mut moved) = (state.now(), 0);
+    let (now, mut moved) = (hub.now(), 0);
     for (store, list) in by_store {
-        let stock = on_hand_of(state, &store, list.iter().map(|p| p.sku.clone()).collect()).await?;
+        let stock = on_hand_of(hub, &store, list.iter().map(|p| p.sku.clone()).collect()).await?;
         for p in list {
             let want = p.policy.qty(stock.get(&p.sku).copied().unwrap_or(0));
             if want.max(p.level.reserved) == p.level.escrow {
                 continue;
             }
             let (s, sku, policy) = (store.clone(), p.sku.clone(), p.policy);
-            if store_call(state, move |r| Ok(r.escrow_follow(&s, &sku, &policy, want, now)?)).await?.is_some() {
+            if reserve(hub, move |r| Ok(r.escrow_follow(&s, &sku, &policy, want, now)?)).await?.is_some() {
                 moved += 1;
                 touched.insert(store.clone());
                 info!(store_id = %store, sku = %p.sku, escrow = want.max(p.level.reserved), "escrow follows on-hand");
@@ -645,40 +358,40 @@ pub async fn follow_policies(state: &AppState, touched: &mut BTreeSet<String>) -
 }
 
 /// The planner: runs [`plan_once`] every `interval` and after every upload, until `shutdown`.
-pub async fn run(state: AppState, settings: PlannerSettings, shutdown: tokio_util::sync::CancellationToken) {
-    if state.reservation_store().is_none() {
+pub async fn run(hub: Hub, settings: PlannerSettings, shutdown: tokio_util::sync::CancellationToken) {
+    if hub.reservation_store().is_none() {
         return;
     }
     let mut touched: BTreeSet<String> = BTreeSet::new();
     let mut passes: u32 = 0;
     let mut next_full = tokio::time::Instant::now();
     loop {
-        touched.extend(state.take_holds_due());
+        touched.extend(hub.planner.take_holds_due());
         let full = tokio::time::Instant::now() >= next_full;
         if full {
             next_full = tokio::time::Instant::now() + settings.interval;
         }
-        if let Err(e) = plan_once(&state, &settings, &mut touched, full).await {
-            tracing::warn!(error = e.code(), "reservation planner pass failed; retrying");
+        if let Err(e) = plan_once(&hub, &settings, &mut touched, full).await {
+            tracing::warn!(error = %e, "reservation planner pass failed; retrying");
         }
         passes = passes.wrapping_add(u32::from(full));
         if full
             && passes.is_multiple_of(settings.policy_every.max(1))
-            && let Err(e) = follow_policies(&state, &mut touched).await
+            && let Err(e) = follow_policies(&hub, &mut touched).await
         {
-            tracing::warn!(error = e.code(), "escrow policies not followed this pass; retrying");
+            tracing::warn!(error = %e, "escrow policies not followed this pass; retrying");
         }
         if full
             && passes.is_multiple_of(settings.full_every.max(1))
-            && let Ok(all) = store_call(&state, |r| Ok(r.active(None)?)).await
+            && let Ok(all) = reserve(&hub, |r| Ok(r.active(None)?)).await
         {
             touched.extend(all.into_iter().map(|r| r.store));
         }
         let stores: Vec<String> = std::mem::take(&mut touched).into_iter().collect();
-        touched.extend(sync_holds(&state, stores).await);
+        touched.extend(sync_holds(&hub, stores).await);
         tokio::select! {
             () = shutdown.cancelled() => return,
-            () = state.outbox_wake().notified() => {}
+            () = hub.planner.notified() => {}
             () = tokio::time::sleep_until(next_full) => {}
         }
     }
@@ -758,7 +471,3 @@ mod tests {
         }
     }
 }
-
-#[cfg(test)]
-#[path = "reservations_sim.rs"]
-mod simulation;

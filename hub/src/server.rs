@@ -1,11 +1,13 @@
 //! The listener: TCP accept loop, optional rustls, per-connection HTTP/1.1 + HTTP/2, graceful shutdown.
 //!
 //! Design note: one accept loop for plain and TLS connections, so both get `TCP_NODELAY` (set on the raw socket
-//! before any handshake; without it HTTP/2 stalls on Nagle + delayed ACK, see limits.md). Each connection is a task
-//! in a `TaskTracker`; the TLS handshake runs inside that task with a deadline so a slow client cannot stall
-//! accepting. On shutdown the loop stops accepting, every connection is told to finish its in-flight request
-//! (hyper's graceful shutdown), and `serve` waits for them up to `Config::shutdown_grace`. The peer address is put
-//! in each request's extensions as `ConnectInfo<SocketAddr>` (used for enrolment rate limits).
+//! before any handshake; without it HTTP/2 stalls on Nagle + delayed ACK, see limits.md). Each connection is a
+//! task in the hub's one `TaskTracker`, beside the background tasks ([`crate::app::App::spawn`]); the TLS
+//! handshake runs inside that task with a deadline so a slow client cannot stall accepting. On shutdown the loop
+//! stops accepting, every connection is told to finish its in-flight request (hyper's graceful shutdown), every
+//! background task hears the same token, and `serve` waits for all of them together up to one deadline,
+//! `Config::shutdown_grace`. The peer address is put in each request's extensions as `ConnectInfo<SocketAddr>`
+//! (used for enrolment rate limits).
 //!
 //! Plain HTTP is refused on a non-loopback address unless `insecure_allow_plaintext` is set.
 
@@ -27,7 +29,7 @@ use tokio_util::task::TaskTracker;
 use tower::ServiceExt as _;
 use tracing::{debug, info, warn};
 
-use crate::api::AppState;
+use crate::app::App;
 use crate::{Config, TlsFiles};
 
 const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -37,13 +39,10 @@ pub struct Server {
     listener: TcpListener,
     local_addr: SocketAddr,
     tls: Option<TlsAcceptor>,
-    app: Router,
+    router: Router,
     grace: Duration,
-    /// The delivery workers' share of the state ([`crate::outbox`]).
-    delivery: crate::outbox::Delivery,
-    /// The reservation planner's share of the state ([`crate::reservations::run`]).
-    state: AppState,
-    planner: crate::reservations::PlannerSettings,
+    /// The assembled hub, whose background tasks `serve` starts.
+    app: App,
 }
 
 impl std::fmt::Debug for Server {
@@ -62,20 +61,23 @@ pub async fn bind(config: Config) -> anyhow::Result<Server> {
         );
     }
     let tls = config.tls.as_ref().map(load_tls).transpose()?;
-    let state = AppState::open(&config)?.with_reservations(crate::reservations::open_store(&config)?)?;
+    let app = App::open(&config)?;
     let listener = TcpListener::bind(config.listen).await.with_context(|| format!("binding {}", config.listen))?;
     let local_addr = listener.local_addr().context("reading the bound address")?;
-    let delivery = state.delivery(config.delivery);
-    Ok(Server {
-        listener,
-        local_addr,
-        tls,
-        app: crate::api::router(state.clone()),
-        grace: config.shutdown_grace,
-        delivery,
-        state,
-        planner: config.planner,
-    })
+    let router = crate::api::router(app.state.clone());
+    Ok(Server { listener, local_addr, tls, router, grace: config.shutdown_grace, app })
+}
+
+/// Binds, prints `listening on http(s)://ADDR` to stdout, and serves until `shutdown` is cancelled.
+pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
+    let server = bind(config).await?;
+    {
+        use std::io::Write as _;
+        let mut out = std::io::stdout().lock();
+        writeln!(out, "listening on {}", server.url()).context("writing to stdout")?;
+        out.flush().context("flushing stdout")?;
+    }
+    server.serve(shutdown).await
 }
 
 fn load_tls(files: &TlsFiles) -> anyhow::Result<TlsAcceptor> {
@@ -111,12 +113,12 @@ impl Server {
         format!("{scheme}://{}", self.local_addr)
     }
 
-    /// Serves until `shutdown` is cancelled, then drains connections for at most the grace period.
+    /// Serves until `shutdown` is cancelled, then waits at most the grace period for the connections and the
+    /// background tasks, all tracked together.
     pub async fn serve(self, shutdown: CancellationToken) -> anyhow::Result<()> {
         let tracker = TaskTracker::new();
         info!(addr = %self.local_addr, tls = self.tls.is_some(), "hub listening");
-        let delivery = tokio::spawn(crate::outbox::run(self.delivery.clone(), shutdown.clone()));
-        let planner = tokio::spawn(crate::reservations::run(self.state.clone(), self.planner, shutdown.clone()));
+        self.app.spawn(&tracker, &shutdown);
         loop {
             let (stream, peer) = tokio::select! {
                 () = shutdown.cancelled() => break,
@@ -133,7 +135,7 @@ impl Server {
             if let Err(err) = stream.set_nodelay(true) {
                 warn!(error = %err, %peer, "setting TCP_NODELAY failed");
             }
-            let app = self.app.clone();
+            let app = self.router.clone();
             let tls = self.tls.clone();
             let shutdown = shutdown.clone();
             tracker.spawn(async move {
@@ -151,15 +153,9 @@ impl Server {
         }
         drop(self.listener);
         tracker.close();
-        info!(connections = tracker.len(), "shutting down: draining connections");
+        info!(tasks = tracker.len(), "shutting down: draining connections and background tasks");
         if tokio::time::timeout(self.grace, tracker.wait()).await.is_err() {
-            warn!(connections = tracker.len(), "shutdown grace period over, dropping open connections");
-        }
-        if tokio::time::timeout(self.grace, delivery).await.is_err() {
-            warn!("shutdown grace period over, delivery workers still running");
-        }
-        if tokio::time::timeout(self.grace, planner).await.is_err() {
-            warn!("shutdown grace period over, the reservation planner still running");
+            warn!(tasks = tracker.len(), "shutdown grace period over, dropping open connections and tasks");
         }
         info!("hub stopped");
         Ok(())

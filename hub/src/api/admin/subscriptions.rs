@@ -4,27 +4,145 @@
 use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
-use serde::Deserialize;
-use serde_json::{Value, json};
+use serde::{Deserialize, Serialize};
 use storesync_shared::event::EventKind;
 use storesync_shared::wire::ErrorBody;
 use utoipa::ToSchema;
-use utoipa_axum::router::OpenApiRouter;
-use utoipa_axum::routes;
 
-use crate::api::{AdminAuth, ApiError, AppState, JsonBody};
-use crate::fleet::rfc3339;
-use crate::openapi::AdminRefusals;
+use crate::api::auth::AdminAuth;
+use crate::api::error::{ApiError, JsonBody, invalid};
+use crate::api::schema::AdminRefusals;
+use crate::api::state::AppState;
 use crate::storage::{DeadLetter, NewSubscription, ReplaySelector, Subscription};
+use crate::time_fmt::rfc3339;
 
-/// The subscription routes (see [`crate::openapi`] for how a route is added).
-pub fn routes() -> OpenApiRouter<AppState> {
-    OpenApiRouter::default()
-        .routes(routes!(create_subscription, list_subscriptions))
-        .routes(routes!(delete_subscription))
-        .routes(routes!(dead_letters))
-        .routes(routes!(replay))
-        .routes(routes!(rewind))
+/// A subscription as the API shows it: never its secret.
+#[derive(Debug, Serialize, ToSchema)]
+pub(crate) struct SubscriptionView {
+    id: String,
+    kind: String,
+    url: String,
+    kinds: Vec<String>,
+    stores: Vec<String>,
+    batch_size: u32,
+    max_attempts: u32,
+    /// The outbox position delivered through, as a decimal string.
+    cursor: String,
+    /// `nats` only; null for a webhook.
+    stream: Option<String>,
+    /// `nats` only; null for a webhook.
+    subject_prefix: Option<String>,
+    created_at: String,
+    /// In listings only.
+    #[serde(flatten)]
+    stats: Option<DeliveryStats>,
+}
+
+/// How a subscription's delivery stands.
+#[derive(Debug, Serialize, ToSchema)]
+pub(crate) struct DeliveryStats {
+    /// Selected events not yet delivered.
+    lag: u64,
+    /// Events given up and not replayed.
+    dead_letters: u64,
+    last_error: Option<String>,
+    last_delivery_at: Option<String>,
+}
+
+impl SubscriptionView {
+    fn new(s: &Subscription, with_stats: bool) -> SubscriptionView {
+        let nats = s.spec.kind == "nats";
+        SubscriptionView {
+            id: s.spec.id.clone(),
+            kind: s.spec.kind.clone(),
+            url: s.spec.url.clone(),
+            kinds: s.spec.kinds.clone(),
+            stores: s.spec.stores.clone(),
+            batch_size: s.spec.batch_size,
+            max_attempts: s.spec.max_attempts,
+            cursor: s.cursor.to_string(),
+            stream: nats.then(|| s.spec.stream.clone()),
+            subject_prefix: nats.then(|| s.spec.subject_prefix.clone()),
+            created_at: rfc3339(s.created_at),
+            stats: with_stats.then(|| DeliveryStats {
+                lag: s.lag,
+                dead_letters: s.dead_letters,
+                last_error: s.last_error.clone(),
+                last_delivery_at: s.last_delivery_at.map(rfc3339),
+            }),
+        }
+    }
+}
+
+/// `GET /v1/admin/subscriptions`.
+#[derive(Debug, Serialize, ToSchema)]
+pub(crate) struct SubscriptionsAnswer {
+    subscriptions: Vec<SubscriptionView>,
+}
+
+/// The answer to a deletion.
+#[derive(Debug, Serialize, ToSchema)]
+pub(crate) struct Deleted {
+    id: String,
+    /// Always true.
+    deleted: bool,
+}
+
+/// A dead letter: an event given up for one subscription.
+#[derive(Debug, Serialize, ToSchema)]
+pub(crate) struct DeadLetterView {
+    id: i64,
+    event_id: uuid::Uuid,
+    store: String,
+    till: String,
+    seq: u64,
+    kind: String,
+    cursor: String,
+    attempts: u32,
+    last_error: String,
+    dead_at: String,
+    replay_requested_at: Option<String>,
+    replayed_at: Option<String>,
+}
+
+impl From<&DeadLetter> for DeadLetterView {
+    fn from(d: &DeadLetter) -> DeadLetterView {
+        DeadLetterView {
+            id: d.id,
+            event_id: d.event_id,
+            store: d.store.clone(),
+            till: d.till.clone(),
+            seq: d.seq,
+            kind: d.kind.clone(),
+            cursor: d.pos.to_string(),
+            attempts: d.attempts,
+            last_error: d.last_error.clone(),
+            dead_at: rfc3339(d.dead_at),
+            replay_requested_at: d.replay_requested_at.map(rfc3339),
+            replayed_at: d.replayed_at.map(rfc3339),
+        }
+    }
+}
+
+/// `GET /v1/admin/subscriptions/{id}/dead-letters`.
+#[derive(Debug, Serialize, ToSchema)]
+pub(crate) struct DeadLettersAnswer {
+    /// Oldest first.
+    dead_letters: Vec<DeadLetterView>,
+}
+
+/// The answer to a replay: how many dead letters are delivered again.
+#[derive(Debug, Serialize, ToSchema)]
+pub(crate) struct Replaying {
+    replaying: u64,
+}
+
+/// The answer to a rewind.
+#[derive(Debug, Serialize, ToSchema)]
+pub(crate) struct Rewound {
+    id: String,
+    /// Delivery restarts after this outbox position (a decimal string).
+    cursor: String,
 }
 
 const DEFAULT_BATCH_SIZE: u32 = 100;
@@ -60,10 +178,6 @@ pub(crate) struct CreateSubscription {
     batch_size: Option<u32>,
     /// Attempts of one event before it is dead-lettered, 1 to 100 (default 25).
     max_attempts: Option<u32>,
-}
-
-fn invalid(code: &'static str, detail: impl Into<String>) -> ApiError {
-    ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, code, detail)
 }
 
 fn unknown_subscription() -> ApiError {
@@ -147,83 +261,60 @@ impl CreateSubscription {
     }
 }
 
-/// A subscription as the API shows it: never its secret.
-fn view(s: &Subscription, with_stats: bool) -> Value {
-    let mut v = json!({
-        "id": s.spec.id,
-        "kind": s.spec.kind,
-        "url": s.spec.url,
-        "kinds": s.spec.kinds,
-        "stores": s.spec.stores,
-        "batch_size": s.spec.batch_size,
-        "max_attempts": s.spec.max_attempts,
-        "cursor": s.cursor.to_string(),
-        "stream": (s.spec.kind == "nats").then_some(&s.spec.stream),
-        "subject_prefix": (s.spec.kind == "nats").then_some(&s.spec.subject_prefix),
-        "created_at": rfc3339(s.created_at),
-    });
-    if with_stats {
-        v["lag"] = json!(s.lag);
-        v["dead_letters"] = json!(s.dead_letters);
-        v["last_error"] = json!(s.last_error);
-        v["last_delivery_at"] = json!(s.last_delivery_at.map(rfc3339));
-    }
-    v
-}
-
 #[utoipa::path(post, path = "/v1/admin/subscriptions", tag = "admin", security(("admin_token" = [])),
     request_body = CreateSubscription,
     responses(
-        (status = 201, description = "`{\"id\",\"kind\",\"url\",\"kinds\",\"stores\",\"batch_size\",\"max_attempts\",\
-            \"cursor\",\"created_at\"}`; delivery starts from the beginning of the outbox", body = Object),
+        (status = 201, description = "Created; delivery starts from the beginning of the outbox",
+            body = SubscriptionView),
         (status = 400, description = "`malformed_json`", body = ErrorBody),
         (status = 422, description = "`unsupported_kind`, `invalid_url`, `invalid_secret`, `invalid_kinds`, \
             `invalid_stores`, `invalid_batch_size`, `invalid_max_attempts`, `invalid_stream`, `invalid_subject_prefix` \
             or `invalid_body`", body = ErrorBody),
         AdminRefusals,
     ))]
-async fn create_subscription(
+pub(crate) async fn create_subscription(
     _: AdminAuth,
     State(state): State<AppState>,
     JsonBody(req): JsonBody<CreateSubscription>,
-) -> Result<(StatusCode, Json<Value>), ApiError> {
+) -> Result<(StatusCode, Json<SubscriptionView>), ApiError> {
     let spec = req.check(format!("sub_{}", hex::encode(rand::random::<[u8; 8]>())))?;
     let now = state.now();
     let sub = state.db(move |s| s.create_subscription(&spec, now)).await?;
     tracing::info!(subscription = %sub.spec.id, url = %sub.spec.url, "subscription created");
-    Ok((StatusCode::CREATED, Json(view(&sub, false))))
+    Ok((StatusCode::CREATED, Json(SubscriptionView::new(&sub, false))))
 }
 
 #[utoipa::path(get, path = "/v1/admin/subscriptions", tag = "admin", security(("admin_token" = [])),
     responses(
-        (status = 200, description = "`{\"subscriptions\":[{...,\"lag\",\"dead_letters\",\"last_error\",\
-            \"last_delivery_at\"}]}`: `lag` counts selected events not yet delivered, `dead_letters` those given up \
-            and not replayed", body = Object),
+        (status = 200, description = "Every subscription with how its delivery stands", body = SubscriptionsAnswer),
         AdminRefusals,
     ))]
-async fn list_subscriptions(_: AdminAuth, State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
+pub(crate) async fn list_subscriptions(
+    _: AdminAuth,
+    State(state): State<AppState>,
+) -> Result<Json<SubscriptionsAnswer>, ApiError> {
     let subs = state.db(|s| s.list_subscriptions(true)).await?;
-    Ok(Json(json!({"subscriptions": subs.iter().map(|s| view(s, true)).collect::<Vec<_>>()})))
+    Ok(Json(SubscriptionsAnswer { subscriptions: subs.iter().map(|s| SubscriptionView::new(s, true)).collect() }))
 }
 
 #[utoipa::path(delete, path = "/v1/admin/subscriptions/{id}", tag = "admin", security(("admin_token" = [])),
     params(("id" = String, Path, description = "A subscription id")),
     responses(
-        (status = 200, description = "`{\"id\",\"deleted\":true}`; its dead letters go with it", body = Object),
+        (status = 200, description = "Deleted; its dead letters go with it", body = Deleted),
         (status = 404, description = "`unknown_subscription`", body = ErrorBody),
         AdminRefusals,
     ))]
-async fn delete_subscription(
+pub(crate) async fn delete_subscription(
     _: AdminAuth,
     State(state): State<AppState>,
     Path(id): Path<String>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<Deleted>, ApiError> {
     let i = id.clone();
     if !state.db(move |s| s.delete_subscription(&i)).await? {
         return Err(unknown_subscription());
     }
     tracing::info!(subscription = %id, "subscription deleted");
-    Ok(Json(json!({"id": id, "deleted": true})))
+    Ok(Json(Deleted { id, deleted: true }))
 }
 
 /// The subscription, or 404.
@@ -232,41 +323,22 @@ async fn existing(state: &AppState, id: &str) -> Result<Subscription, ApiError> 
     state.db(move |s| s.subscription(&i)).await?.ok_or_else(unknown_subscription)
 }
 
-fn dead_letter_json(d: &DeadLetter) -> Value {
-    json!({
-        "id": d.id,
-        "event_id": d.event_id,
-        "store": d.store,
-        "till": d.till,
-        "seq": d.seq,
-        "kind": d.kind,
-        "cursor": d.pos.to_string(),
-        "attempts": d.attempts,
-        "last_error": d.last_error,
-        "dead_at": rfc3339(d.dead_at),
-        "replay_requested_at": d.replay_requested_at.map(rfc3339),
-        "replayed_at": d.replayed_at.map(rfc3339),
-    })
-}
-
 #[utoipa::path(get, path = "/v1/admin/subscriptions/{id}/dead-letters", tag = "admin",
     security(("admin_token" = [])),
     params(("id" = String, Path, description = "A subscription id")),
     responses(
-        (status = 200, description = "`{\"dead_letters\":[{\"id\",\"event_id\",\"store\",\"till\",\"seq\",\"kind\",\
-            \"cursor\",\"attempts\",\"last_error\",\"dead_at\",\"replay_requested_at\",\"replayed_at\"}]}`, oldest \
-            first", body = Object),
+        (status = 200, description = "The subscription's dead letters, oldest first", body = DeadLettersAnswer),
         (status = 404, description = "`unknown_subscription`", body = ErrorBody),
         AdminRefusals,
     ))]
-async fn dead_letters(
+pub(crate) async fn dead_letters(
     _: AdminAuth,
     State(state): State<AppState>,
     Path(id): Path<String>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<DeadLettersAnswer>, ApiError> {
     existing(&state, &id).await?;
     let list = state.db(move |s| s.list_dead_letters(&id)).await?;
-    Ok(Json(json!({"dead_letters": list.iter().map(dead_letter_json).collect::<Vec<_>>()})))
+    Ok(Json(DeadLettersAnswer { dead_letters: list.iter().map(DeadLetterView::from).collect() }))
 }
 
 /// `POST /v1/admin/subscriptions/{id}/replay`: by dead-letter ids, or by the time they were given up.
@@ -291,18 +363,18 @@ fn instant(name: &str, text: &str) -> Result<i64, ApiError> {
     params(("id" = String, Path, description = "A subscription id")),
     request_body = ReplayRequest,
     responses(
-        (status = 200, description = "`{\"replaying\": N}`: the selected dead letters are delivered again, one \
-            event per request, before the rest", body = Object),
+        (status = 200, description = "The selected dead letters are delivered again, one event per request, \
+            before the rest", body = Replaying),
         (status = 404, description = "`unknown_subscription`", body = ErrorBody),
         (status = 422, description = "`invalid_replay`: give `ids`, or `from` and `to`", body = ErrorBody),
         AdminRefusals,
     ))]
-async fn replay(
+pub(crate) async fn replay(
     _: AdminAuth,
     State(state): State<AppState>,
     Path(id): Path<String>,
     JsonBody(req): JsonBody<ReplayRequest>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<Replaying>, ApiError> {
     let which = match (req.ids, req.from, req.to) {
         (Some(ids), None, None) if !ids.is_empty() && ids.len() <= 10_000 => ReplaySelector::Ids(ids),
         (None, Some(from), Some(to)) => {
@@ -317,8 +389,8 @@ async fn replay(
     existing(&state, &id).await?;
     let now = state.now();
     let n = state.db(move |s| s.request_replay(&id, &which, now)).await?;
-    state.outbox_wake().notify_waiters();
-    Ok(Json(json!({"replaying": n})))
+    state.outbox.wake();
+    Ok(Json(Replaying { replaying: n }))
 }
 
 /// `POST /v1/admin/subscriptions/{id}/rewind`.
@@ -333,17 +405,17 @@ pub(crate) struct RewindRequest {
     params(("id" = String, Path, description = "A subscription id")),
     request_body = RewindRequest,
     responses(
-        (status = 200, description = "`{\"id\",\"cursor\"}`: delivery restarts after `cursor`", body = Object),
+        (status = 200, description = "Delivery restarts after `cursor`", body = Rewound),
         (status = 404, description = "`unknown_subscription`", body = ErrorBody),
         (status = 422, description = "`invalid_cursor`", body = ErrorBody),
         AdminRefusals,
     ))]
-async fn rewind(
+pub(crate) async fn rewind(
     _: AdminAuth,
     State(state): State<AppState>,
     Path(id): Path<String>,
     JsonBody(req): JsonBody<RewindRequest>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<Rewound>, ApiError> {
     let cursor: i64 = req
         .cursor
         .parse()
@@ -355,13 +427,53 @@ async fn rewind(
         return Err(unknown_subscription());
     }
     tracing::info!(subscription = %id, cursor, "subscription rewound");
-    state.outbox_wake().notify_waiters();
-    Ok(Json(json!({"id": id, "cursor": cursor.to_string()})))
+    state.outbox.wake();
+    Ok(Json(Rewound { id, cursor: cursor.to_string() }))
 }
 
 #[cfg(test)]
 mod tests {
+    use serde_json::{Value, json};
+
     use super::*;
+
+    fn subscription(kind: &str) -> Subscription {
+        let mut sub = Subscription::new(
+            NewSubscription {
+                id: "sub_1".into(),
+                kind: kind.into(),
+                url: "nats://n:4222".into(),
+                secret: "s".repeat(16),
+                kinds: vec![],
+                stores: vec![],
+                batch_size: 100,
+                max_attempts: 25,
+                stream: "STORESYNC".into(),
+                subject_prefix: "storesync".into(),
+            },
+            1_798_761_600,
+        );
+        sub.lag = 3;
+        sub
+    }
+
+    #[test]
+    fn a_subscription_shows_nats_fields_as_null_for_a_webhook_and_stats_only_in_listings() {
+        let created = serde_json::to_value(SubscriptionView::new(&subscription("webhook"), false)).unwrap();
+        assert_eq!(
+            created,
+            json!({"id": "sub_1", "kind": "webhook", "url": "nats://n:4222", "kinds": [], "stores": [],
+                   "batch_size": 100, "max_attempts": 25, "cursor": "0", "stream": null, "subject_prefix": null,
+                   "created_at": "2027-01-01T00:00:00Z"})
+        );
+        let listed = serde_json::to_value(SubscriptionView::new(&subscription("nats"), true)).unwrap();
+        assert_eq!(listed["stream"], "STORESYNC");
+        assert_eq!(listed["subject_prefix"], "storesync");
+        assert_eq!(listed["lag"], 3);
+        assert_eq!(listed["dead_letters"], 0);
+        assert!(listed["last_error"].is_null() && listed["last_delivery_at"].is_null());
+        assert_eq!(listed.as_object().unwrap().len(), 15);
+    }
 
     fn check(body: Value) -> Result<NewSubscription, &'static str> {
         let req: CreateSubscription = serde_json::from_value(body).map_err(|_| "invalid_body")?;

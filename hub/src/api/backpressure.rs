@@ -6,7 +6,7 @@
 //! transaction, a document merge), in one [`Admission`] shared by both:
 //! - **admitted** (`max_inflight + max_queued` slots): a request takes a slot before anything else (before its
 //!   credential is checked or its body read). No slot free: `429` at once, its credential unchecked and its body
-//!   read and dropped unparsed ([`drain`]: a client still sending its body would otherwise see a reset connection
+//!   read and dropped unparsed (`drain`: a client still sending its body would otherwise see a reset connection
 //!   instead of the 429).
 //!   Holding a slot it reads its body (at most the route's body limit, within [`BODY_READ_TIMEOUT`]), so the memory
 //!   held by bodies is bounded by the slots times the route's limit, and a slow store link holds no storage permit.
@@ -43,7 +43,7 @@ use axum::response::{IntoResponse, Response};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tracing::{debug, info, warn};
 
-use crate::api::ApiError;
+use super::error::ApiError;
 
 /// The longest `Retry-After` the hub asks for, in seconds.
 pub const MAX_RETRY_AFTER_S: u64 = 30;
