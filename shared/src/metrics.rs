@@ -1,10 +1,10 @@
 //! Prometheus metrics (`GET /metrics`), through the `metrics` facade and `metrics-exporter-prometheus`.
 //!
-//! Names follow ../shared/STYLE.md: snake_case, `storesync_agent_` or `storesync_hub_` first, counters end in `_total`, durations in
-//! `_seconds`. Histograms have fixed buckets (below), so they render as Prometheus histograms, not summaries.
-//! The recorder is process-global and installed by the first [`handle`] call; a process that embeds both the agent
-//! and the hub (`storesync-demo`) shares it, so each `/metrics` there shows both sides. Installing an in-memory
-//! recorder and rendering text is no I/O: the binaries serve the text.
+//! Names are snake_case, start with `storesync_agent_` or `storesync_hub_`, and end in `_total` for a counter and in
+//! `_seconds` for a duration. Histograms have fixed buckets (below), so they render as Prometheus histograms, not
+//! summaries. The recorder is process-global and installed by the first [`handle`] call; a process that embeds both
+//! the agent and the hub (`storesync-demo`) shares it, so each `/metrics` there shows both sides. Installing an
+//! in-memory recorder and rendering text is no I/O: the binaries serve the text.
 
 use std::sync::OnceLock;
 

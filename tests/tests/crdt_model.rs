@@ -3,18 +3,22 @@
 //!
 //! The model is three tills and the hub, written the way the real code works, from the same pure functions
 //! (`storesync_shared::crdt`) and the real automerge sync protocol:
-//! - a till keeps a journal (events with seq = position + 1) and a document; one group of events is one automerge
-//!   change on the till's own counters (agent/src/journal/writer.rs, `crdt::apply_stock_known`); a CRDT sync session is the agent's
-//!   `doc_session` (agent/src/sync.rs): reset the in-flight part of the sync state, then rounds of
+//! - a till keeps a journal (events with seq = position + 1) and a document; the stock movements of a run of journal
+//!   entries become one automerge change on the till's own counters, tagged `journal a..b`, through
+//!   `crdt::apply_stock_known` (the agent's writer folds once `FOLD_EVERY` entries are waiting, and always before a
+//!   sync session: agent/src/journal/writer.rs; here every group commit is such a run); a CRDT sync session is the
+//!   agent's `doc_session` (agent/src/sync.rs): reset the in-flight part of the sync state, then rounds of
 //!   generate → encoded message → hub → encoded answer → receive, persisting `State::encode` after every receive,
 //!   until the hub answers nothing to a till that sent nothing; an `epoch_mismatch` installs the hub's snapshot once
-//!   per session (agent/src/journal/doc.rs, here `crdt::rebase_on_snapshot`);
+//!   per session (`install` in agent/src/journal/doc.rs, reached through `Journal::install_epoch`; here
+//!   `crdt::rebase_on_snapshot`, which it calls);
 //! - the hub keeps per till the events the till uploaded (`hub_seq` = how many; uploads lag and are a separate
 //!   channel from CRDT sync), its document, per-till sync states that survive between rounds only as
 //!   `State::encode`, the epoch, the cuts and the journal part of the base; a round is `Docs::sync_round`
-//!   (hub/src/docs.rs), including the own-slot check and the "nothing to send" rule; compaction is
-//!   `SqliteStorage::compact` + `Docs::compact`: the journal base grows by each till's effects between its previous
-//!   and its new cut, the base adds every head-office movement, the new document is `crdt::epoch_doc`;
+//!   (hub/src/docs.rs), including the own-slot check (`check_own_slot`) and the "nothing to send" rule; compaction
+//!   is `Docs::compact` (hub/src/docs.rs) + `DocStore::compact` (hub/src/storage/docs.rs, one transaction in
+//!   storage/sqlite/docs.rs or storage/postgres/docs.rs): the journal base grows by each till's effects between its
+//!   previous and its new cut, the base adds every head-office movement, the new document is `crdt::epoch_doc`;
 //! - a message may be lost either way, which ends the session (the agent's request fails); the hub may compact
 //!   between two rounds of one session; the hub may drop its cached document and reload it; a till may restart
 //!   (reload its document and its persisted sync state).
