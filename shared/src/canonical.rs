@@ -82,6 +82,47 @@ impl ChainError {
     }
 }
 
+/// One journal entry as its chain sees it: what [`verify_link`] checks. The agent's upload entry and the hub's
+/// stored batch entry both lend their fields to it, so the chain rule is written once.
+#[derive(Debug, Clone, Copy)]
+pub struct Link<'a> {
+    pub seq: u64,
+    pub event_id: Uuid,
+    pub kind: EventKind,
+    /// The body as journaled (without `event_id`); it is hashed as its canonical JSON.
+    pub body: &'a serde_json::Value,
+    pub prev_hash: &'a str,
+    pub hash: &'a str,
+}
+
+/// The chain half of verifying an entry: it follows `prev` (`(seq, hash)` of the entry before it) and its hash
+/// matches its content. The body's meaning is not looked at, so an entry that passes is exactly what the till
+/// journaled, whether or not this build understands its body. Answers the canonical JSON of the body (what was
+/// hashed), so a caller that stores it does not encode it a second time.
+pub fn verify_link(store: &str, till: &str, prev: (u64, &str), entry: Link<'_>) -> Result<Vec<u8>, ChainError> {
+    let (prev_seq, prev_hash) = prev;
+    if entry.seq != prev_seq + 1 {
+        return Err(ChainError::Gap { seq: entry.seq, expected: prev_seq + 1 });
+    }
+    if entry.prev_hash != prev_hash {
+        return Err(ChainError::BrokenLink { seq: entry.seq });
+    }
+    let body = canonical_json(entry.body);
+    let computed = event_hash(&ChainInput {
+        store,
+        till,
+        seq: entry.seq,
+        event_id: entry.event_id,
+        kind: entry.kind,
+        body: &body,
+        prev_hash: entry.prev_hash,
+    });
+    if computed != entry.hash {
+        return Err(ChainError::BadHash { seq: entry.seq });
+    }
+    Ok(body)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

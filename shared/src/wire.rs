@@ -5,7 +5,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use uuid::Uuid;
 
-use crate::canonical::{ChainError, ChainInput, canonical_json, event_hash};
+use crate::canonical::{ChainError, Link, verify_link};
 use crate::event::{EventBody, EventKind};
 
 /// One journal entry as the agent's `GET /v1/journal` and the upload protocol carry it.
@@ -43,27 +43,15 @@ impl JournalEvent {
     /// body's meaning is not looked at ([`JournalEvent::check_body`] does that), so an entry that passes is exactly
     /// what the till journaled, whether or not this build understands its body. Answers the canonical JSON hashed.
     pub fn verify_link(&self, store: &str, till: &str, prev: (u64, &str)) -> Result<Vec<u8>, ChainError> {
-        let (prev_seq, prev_hash) = prev;
-        if self.seq != prev_seq + 1 {
-            return Err(ChainError::Gap { seq: self.seq, expected: prev_seq + 1 });
-        }
-        if self.prev_hash != prev_hash {
-            return Err(ChainError::BrokenLink { seq: self.seq });
-        }
-        let body = canonical_json(&self.body);
-        let computed = event_hash(&ChainInput {
-            store,
-            till,
+        let link = Link {
             seq: self.seq,
             event_id: self.event_id,
             kind: self.kind,
-            body: &body,
+            body: &self.body,
             prev_hash: &self.prev_hash,
-        });
-        if computed != self.hash {
-            return Err(ChainError::BadHash { seq: self.seq });
-        }
-        Ok(body)
+            hash: &self.hash,
+        };
+        verify_link(store, till, prev, link)
     }
 
     /// The body half of [`JournalEvent::verify`]: [`check_body`] of this entry.
@@ -209,6 +197,7 @@ mod tests {
     use serde_json::json;
 
     use super::*;
+    use crate::canonical::{ChainInput, canonical_json, event_hash};
     use crate::genesis_hash;
 
     fn entry(body: Value) -> JournalEvent {

@@ -1,7 +1,7 @@
 //! Ingest and chains: tills' hash chains of journal events, their health, the events in hub order and the
 //! quarantine ([`IngestStore`]).
 
-use storesync_shared::canonical::{ChainError, ChainInput, canonical_json, event_hash};
+use storesync_shared::canonical::{ChainError, Link, verify_link};
 use storesync_shared::event::EventKind;
 
 use super::error::StorageError;
@@ -34,27 +34,15 @@ impl BatchEvent {
     /// matches its content. The body's meaning is not looked at ([`BatchEvent::check_body`] does that), so an entry
     /// that passes is exactly what the till journaled. Answers the canonical JSON of the body (what was hashed).
     pub fn verify_link(&self, store: &str, till: &str, prev: (u64, &str)) -> Result<Vec<u8>, ChainError> {
-        let (prev_seq, prev_hash) = prev;
-        if self.seq != prev_seq + 1 {
-            return Err(ChainError::Gap { seq: self.seq, expected: prev_seq + 1 });
-        }
-        if self.prev_hash != prev_hash {
-            return Err(ChainError::BrokenLink { seq: self.seq });
-        }
-        let body = canonical_json(&self.body);
-        let computed = event_hash(&ChainInput {
-            store,
-            till,
+        let link = Link {
             seq: self.seq,
             event_id: self.event_id,
             kind: self.kind,
-            body: &body,
+            body: &self.body,
             prev_hash: &self.prev_hash,
-        });
-        if computed != self.hash {
-            return Err(ChainError::BadHash { seq: self.seq });
-        }
-        Ok(body)
+            hash: &self.hash,
+        };
+        verify_link(store, till, prev, link)
     }
 
     /// The body half: whether this build's schema and rules accept the body (else the event is quarantined).
