@@ -114,7 +114,7 @@ fn read(conn: &Connection, id: &str) -> rusqlite::Result<Option<Reservation>> {
 /// Runs inside the caller's transaction.
 ///
 /// The chain head is the row of `(store, HUB_TILL)` with the highest seq: `BEGIN IMMEDIATE` makes this the only
-/// writer. (The PostgreSQL backend locks a chain-head row instead; see `postgres_reservations.rs`.)
+/// writer. (The PostgreSQL backend locks a chain-head row instead; see `storage/postgres/reservations.rs`.)
 fn record(
     conn: &Connection,
     r: &Reservation,
